@@ -1,0 +1,202 @@
+"""The shared maths against independent computations: scipy's Dirichlet-Multinomial, math.lgamma, brute force."""
+
+from __future__ import annotations
+
+import math
+from math import comb
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+from scipy.stats import spearmanr
+
+from zoobot_pipeline import stats
+from zoobot_pipeline.schemas import get_schema
+from zoobot_pipeline.stats import (
+    dirichlet_multinomial_log_prob,
+    dirichlet_multinomial_nll,
+    expected_fractions,
+    n_vote_outcomes,
+    predictive_entropy,
+    question_mutual_information,
+    schema_mutual_information,
+    schema_predictive_entropy,
+    vote_outcomes,
+)
+
+
+def _lgamma_log_prob(votes: np.ndarray, alpha: np.ndarray) -> float:
+    """The formula of DESIGN.md written out with math.lgamma, one galaxy at a time."""
+    n, big_a = votes.sum(), alpha.sum()
+    return (math.lgamma(n + 1) + math.lgamma(big_a) - math.lgamma(n + big_a)
+            + sum(math.lgamma(k + a) - math.lgamma(a) - math.lgamma(k + 1) for k, a in zip(votes, alpha, strict=True)))
+
+
+def _mixture(alpha_samples: np.ndarray, n_volunteers: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every sample's full pmf over all outcomes from scipy, and their mixture: (S, n_outcomes), (n_outcomes,)."""
+    outcomes = vote_outcomes(n_volunteers, alpha_samples.shape[-1])
+    pmfs = np.array([scipy_stats.dirichlet_multinomial.pmf(outcomes, a, n_volunteers) for a in alpha_samples])
+    return pmfs, pmfs.mean(axis=0)
+
+
+def _entropy(p: np.ndarray) -> float:
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum())
+
+
+def test_log_prob_matches_scipy_and_lgamma():
+    rng = np.random.default_rng(0)
+    alpha = rng.uniform(0.3, 80, size=(50, 4))
+    votes = rng.multinomial(37, rng.dirichlet(np.ones(4), size=50))
+    ours = dirichlet_multinomial_log_prob(votes, alpha)
+    reference = np.array([scipy_stats.dirichlet_multinomial.logpmf(v, a, v.sum()) for v, a in zip(votes, alpha,
+                                                                                                     strict=True)])
+    np.testing.assert_allclose(ours, reference, rtol=1e-12)
+    np.testing.assert_allclose(ours, [_lgamma_log_prob(v, a) for v, a in zip(votes, alpha, strict=True)], rtol=1e-12)
+
+
+def test_log_prob_edge_cases():
+    alpha = np.array([[2.0, 3.0], [1.0, 1.0], [50.0, 0.5]])
+    zero_votes = np.zeros((3, 2))
+    assert np.array_equal(dirichlet_multinomial_log_prob(zero_votes, alpha), np.zeros(3))
+    # one volunteer: a categorical with p = a / A
+    one = np.array([[1, 0], [0, 1], [0, 1]])
+    np.testing.assert_allclose(np.exp(dirichlet_multinomial_log_prob(one, alpha)), [0.4, 0.5, 0.5 / 50.5])
+    # a whole pmf sums to one
+    outcomes = vote_outcomes(12, 3)
+    alpha3 = np.broadcast_to([0.7, 4.0, 19.0], outcomes.shape)
+    assert np.exp(dirichlet_multinomial_log_prob(outcomes, alpha3)).sum() == pytest.approx(1.0, rel=1e-12)
+    with pytest.raises(ValueError, match="same shape"):
+        dirichlet_multinomial_log_prob(one, alpha[:, :1])
+    with pytest.raises(ValueError, match="non-negative"):
+        dirichlet_multinomial_log_prob(-one, alpha)
+    with pytest.raises(ValueError, match="positive"):
+        dirichlet_multinomial_log_prob(one, alpha * 0)
+
+
+def test_nll_over_a_tree_is_per_question_and_zero_when_unasked():
+    schema = get_schema("decals_dr5")
+    rng = np.random.default_rng(1)
+    alpha = rng.uniform(1, 101, size=(6, schema.n_answers))
+    votes = rng.integers(0, 12, size=(6, schema.n_answers))
+    bar = schema.question("bar-dr5")
+    votes[2, bar.slice] = 0
+    nll = dirichlet_multinomial_nll(votes, alpha, schema)
+    assert nll.shape == (6, len(schema.questions))
+    assert nll[2, bar.index] == 0.0
+    for g in range(6):
+        for q in schema.questions:
+            expected = 0.0 if votes[g, q.slice].sum() == 0 else -_lgamma_log_prob(votes[g, q.slice], alpha[g, q.slice])
+            assert nll[g, q.index] == pytest.approx(expected, rel=1e-10)
+    with pytest.raises(ValueError, match="schema 'decals_dr5' has 34"):
+        dirichlet_multinomial_nll(votes[:, :10], alpha[:, :10], schema)
+
+
+def test_expected_fractions_normalise_per_question_and_average_mc_samples():
+    schema = get_schema("gz2")
+    rng = np.random.default_rng(2)
+    samples = rng.uniform(1, 101, size=(5, 4, schema.n_answers))
+    fractions = expected_fractions(samples, schema)
+    assert fractions.shape == (5, schema.n_answers)
+    for q in schema.questions:
+        np.testing.assert_allclose(fractions[:, q.slice].sum(axis=1), 1.0)
+        per_sample = samples[..., q.slice] / samples[..., q.slice].sum(axis=-1, keepdims=True)
+        np.testing.assert_allclose(fractions[:, q.slice], per_sample.mean(axis=1))
+    np.testing.assert_allclose(expected_fractions(samples[:, 0], schema), expected_fractions(samples[:, :1], schema))
+
+
+def test_vote_outcomes_enumerate_every_split_once():
+    outcomes = vote_outcomes(7, 4)
+    assert len(outcomes) == comb(10, 3) == n_vote_outcomes(7, 4)
+    assert np.all(outcomes.sum(axis=1) == 7) and np.all(outcomes >= 0)
+    assert len({tuple(row) for row in outcomes}) == len(outcomes)
+    assert n_vote_outcomes(40, 6) == 1_221_759
+
+
+@pytest.mark.parametrize(("n_answers", "n_volunteers"), [(2, 40), (3, 12), (4, 6)])
+def test_exact_information_matches_brute_force_enumeration(n_answers, n_volunteers):
+    rng = np.random.default_rng(n_answers)
+    alpha = rng.uniform(0.5, 60, size=(5, 4, n_answers))
+    mi = question_mutual_information(alpha, n_volunteers, method="exact")
+    entropy = predictive_entropy(alpha, n_volunteers, method="exact")
+    for g in range(len(alpha)):
+        pmfs, mixture = _mixture(alpha[g], n_volunteers)
+        assert entropy[g] == pytest.approx(_entropy(mixture), rel=1e-9)
+        assert mi[g] == pytest.approx(_entropy(mixture) - np.mean([_entropy(p) for p in pmfs]), rel=1e-8, abs=1e-12)
+
+
+def test_information_edge_cases():
+    rng = np.random.default_rng(3)
+    same = np.repeat(rng.uniform(1, 30, size=(4, 1, 3)), 5, axis=1)
+    np.testing.assert_allclose(question_mutual_information(same, 40), 0.0, atol=1e-10)
+    one_sample = rng.uniform(1, 30, size=(4, 1, 3))
+    np.testing.assert_allclose(question_mutual_information(one_sample, 40), 0.0, atol=1e-10)
+    assert np.all(question_mutual_information(rng.uniform(1, 30, (3, 5, 2)), 0) == 0)
+    # one volunteer: the Jensen-Shannon divergence of the categoricals a/A, bounded by log S
+    alpha = rng.uniform(1, 30, size=(6, 3, 4))
+    p = alpha / alpha.sum(axis=-1, keepdims=True)
+    js = [_entropy(p[g].mean(axis=0)) - np.mean([_entropy(row) for row in p[g]]) for g in range(6)]
+    np.testing.assert_allclose(question_mutual_information(alpha, 1), js, rtol=1e-10)
+    # far-apart samples approach the log S bound, never exceed it
+    extreme = np.array([[[100.0, 1.0], [1.0, 100.0]]])
+    assert math.log(2) - 0.01 < question_mutual_information(extreme, 40)[0] <= math.log(2) + 1e-12
+    with pytest.raises(ValueError, match=r"\(n, S, k\)"):
+        question_mutual_information(alpha[0], 40)
+    with pytest.raises(ValueError, match="positive"):
+        question_mutual_information(-alpha, 40)
+    with pytest.raises(ValueError, match="unknown method"):
+        question_mutual_information(alpha, 40, method="guess")
+
+
+def _dropout_like(n: int, k: int, spread: float, rng: np.random.Generator) -> np.ndarray:
+    base = np.clip(rng.dirichlet(np.ones(k), size=n) * rng.uniform(3, 100, size=(n, 1)), 1, 101)[:, None, :]
+    return np.clip(base * np.exp(rng.normal(0, spread, size=(n, 5, k))), 1, 101)
+
+
+@pytest.mark.parametrize(("n_answers", "n_volunteers"), [(3, 40), (4, 25)])
+def test_sampled_estimator_error_against_exact_enumeration(n_answers, n_volunteers):
+    """The stated accuracy of the default estimator (32 draws per sample): see benchmarks/mutual_information.py."""
+    rng = np.random.default_rng(10 + n_answers)
+    alpha = _dropout_like(300, n_answers, 0.2, rng)
+    exact = question_mutual_information(alpha, n_volunteers, method="exact")
+    sampled = question_mutual_information(alpha, n_volunteers, method="sampled")
+    relative = np.abs(sampled - exact) / exact
+    assert np.median(relative) < 0.08
+    assert abs(sampled.mean() - exact.mean()) < 0.02 * exact.mean()
+    assert spearmanr(exact, sampled).statistic > 0.98
+    exact_h = predictive_entropy(alpha, n_volunteers, method="exact")
+    sampled_h = predictive_entropy(alpha, n_volunteers, method="sampled")
+    assert np.median(np.abs(sampled_h - exact_h) / exact_h) < 0.02
+
+
+def test_sampled_estimator_is_deterministic_and_independent_of_chunking(monkeypatch):
+    alpha = _dropout_like(200, 5, 0.3, np.random.default_rng(4))
+    first = question_mutual_information(alpha, 40, seed=7)
+    assert np.array_equal(first, question_mutual_information(alpha, 40, seed=7))
+    assert not np.array_equal(first, question_mutual_information(alpha, 40, seed=8))
+    monkeypatch.setattr(stats, "_CHUNK_ELEMENTS", 1)
+    assert np.array_equal(first, question_mutual_information(alpha, 40, seed=7))
+
+
+def test_auto_method_enumerates_small_spaces_and_samples_large_ones():
+    rng = np.random.default_rng(5)
+    binary = _dropout_like(20, 2, 0.3, rng)
+    np.testing.assert_array_equal(question_mutual_information(binary, 40),
+                                  question_mutual_information(binary, 40, method="exact"))
+    six = _dropout_like(20, 6, 0.3, rng)
+    np.testing.assert_array_equal(question_mutual_information(six, 40),
+                                  question_mutual_information(six, 40, method="sampled"))
+
+
+def test_schema_level_information_per_question():
+    schema = get_schema("decals_dr5")
+    alpha = _dropout_like(15, schema.n_answers, 0.2, np.random.default_rng(6))
+    mi = schema_mutual_information(alpha, schema)
+    entropy = schema_predictive_entropy(alpha, schema)
+    assert mi.shape == entropy.shape == (15, len(schema.questions))
+    assert np.all(mi >= 0) and np.all(entropy >= mi)
+    bar = schema.question("bar-dr5")
+    expected = question_mutual_information(alpha[..., bar.slice], 40, seed=bar.index)
+    np.testing.assert_array_equal(mi[:, bar.index], expected)
+    with pytest.raises(ValueError, match=r"\(n, S, A\)"):
+        schema_mutual_information(alpha[:, 0], schema)

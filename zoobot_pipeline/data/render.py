@@ -1,0 +1,107 @@
+"""Colour PNG/JPEG images of cutouts for people and Galaxy Zoo volunteers.
+
+The composite is the shared preprocessing in ``rgb`` mode without cropping, so a rendered image shows what the
+model's colour input shows. The default composite takes the bands as listed blue to red (3 bands: R, G, B = bands 3,
+2, 1; 2 bands: Euclid style; 1 band: grey), ``arcsinh`` stretch, clipped at the 99.85th percentile; pass
+``PreprocessingConfig.gz_decals(input_size=424, crop_fraction=1.0)`` for the GZ DECaLS look. Array row 0 (FITS y = 1)
+is drawn at the bottom, so a standard sky WCS shows north up and east left, as GZ DECaLS images do. Files are at most
+:data:`MAX_IMAGE_BYTES` (Zooniverse's limit) and are written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from zoobot_pipeline.data.preprocessing import PreprocessingConfig, preprocess
+from zoobot_pipeline.io import atomic_path
+
+__all__ = ["MAX_IMAGE_BYTES", "composite_config", "encode_image", "render_jpeg", "render_png", "render_rgb"]
+
+MAX_IMAGE_BYTES = 1024 * 1024
+_JPEG_QUALITIES = (90, 80, 70, 60, 50, 40)
+
+
+def composite_config(bands: Sequence[str], size: int = 424) -> PreprocessingConfig:
+    """Default display composite for 1, 2 or 3 bands listed blue to red, at ``size`` x ``size``."""
+    mode = "grey" if len(bands) == 1 else "rgb"
+    return PreprocessingConfig(
+        bands=tuple(bands), mode=mode, q=1.0, clip="percentile", crop_fraction=1.0, input_size=size
+    )
+
+
+def render_rgb(
+    cutout_data: np.ndarray,
+    bands: Sequence[str] | None = None,
+    size: int = 424,
+    config: PreprocessingConfig | None = None,
+) -> np.ndarray:
+    """Colour composite of a ``(n_bands, H, W)`` cutout as uint8 ``(size, size, 3)``, north up (files, plot grids).
+
+    ``bands`` names the cutout's bands; without it bands are called ``b0, b1, ...``. ``config`` overrides the
+    default :func:`composite_config` (its ``input_size`` then sets the size).
+    """
+    data = np.asarray(cutout_data)
+    if data.ndim == 2:
+        data = data[None]
+    names = tuple(bands) if bands is not None else tuple(f"b{i}" for i in range(data.shape[0]))
+    config = config or composite_config(names, size)
+    channels = preprocess(data, config, names)
+    if channels.shape[0] == 1:
+        channels = np.repeat(channels, 3, axis=0)
+    if channels.shape[0] != 3:
+        raise ValueError(f"render needs a 1- or 3-channel config, got {channels.shape[0]} channels")
+    return np.round(channels[:, ::-1].transpose(1, 2, 0) * 255.0).astype(np.uint8)
+
+
+def encode_image(rgb: np.ndarray, fmt: str = "png", max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
+    """Encode uint8 ``(H, W, 3)`` as PNG (max compression) or JPEG (lowering quality until it fits ``max_bytes``)."""
+    image = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8))
+    fmt = fmt.lower()
+    if fmt == "png":
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", optimize=True)
+        encoded = buffer.getvalue()
+        if len(encoded) > max_bytes:
+            raise ValueError(f"PNG of {rgb.shape[1]}x{rgb.shape[0]} is {len(encoded)} bytes, over {max_bytes}")
+        return encoded
+    if fmt in ("jpg", "jpeg"):
+        for quality in _JPEG_QUALITIES:
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=quality)
+            if buffer.tell() <= max_bytes:
+                return buffer.getvalue()
+        raise ValueError(f"JPEG of {rgb.shape[1]}x{rgb.shape[0]} exceeds {max_bytes} bytes even at quality 40")
+    raise ValueError(f"unsupported image format {fmt!r} (png or jpeg)")
+
+
+def _write(encoded: bytes, path: str | Path) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(encoded)
+    return Path(path)
+
+
+def render_png(
+    cutout_data: np.ndarray,
+    path: str | Path,
+    bands: Sequence[str] | None = None,
+    size: int = 424,
+    config: PreprocessingConfig | None = None,
+) -> Path:
+    """Render a cutout to a PNG file (atomically, at most 1 MiB); returns the path."""
+    return _write(encode_image(render_rgb(cutout_data, bands, size, config), "png"), path)
+
+
+def render_jpeg(
+    cutout_data: np.ndarray,
+    path: str | Path,
+    bands: Sequence[str] | None = None,
+    size: int = 424,
+    config: PreprocessingConfig | None = None,
+) -> Path:
+    """Render a cutout to a JPEG file (atomically, at most 1 MiB); returns the path."""
+    return _write(encode_image(render_rgb(cutout_data, bands, size, config), "jpeg"), path)

@@ -1,0 +1,55 @@
+"""Atomic file output: write to a temporary file in the destination folder, then rename into place.
+
+A killed process leaves either the old file or the new one, never half a file; a leftover ``.tmp-*`` file is ignored by
+readers and overwritten by the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+__all__ = ["atomic_path", "write_json_atomic", "write_parquet_atomic"]
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+@contextmanager
+def atomic_path(destination: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``destination``; on success it is fsynced and renamed onto ``destination``."""
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".tmp-{destination.name}.", dir=destination.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_UMASK)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, destination)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_parquet_atomic(table: pa.Table, destination: str | Path, **kwargs: Any) -> Path:
+    """Write ``table`` to ``destination`` as Parquet, atomically."""
+    with atomic_path(destination) as tmp:
+        pq.write_table(table, tmp, **kwargs)
+    return Path(destination)
+
+
+def write_json_atomic(data: Any, destination: str | Path) -> Path:
+    """Write ``data`` as indented JSON to ``destination``, atomically."""
+    with atomic_path(destination) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    return Path(destination)

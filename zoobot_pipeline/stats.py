@@ -1,0 +1,228 @@
+"""Framework-free maths shared by every backend: Dirichlet-Multinomial likelihoods, expected vote fractions, and the
+vote-space entropy and mutual information (BALD) used to pick galaxies for volunteers.
+
+Shapes: ``n`` galaxies, ``S`` MC-dropout samples, ``k`` answers of one question, ``A`` answers of a whole schema.
+
+Vote-space information, one question, ``N`` volunteers: every MC sample ``s`` predicts a Dirichlet-Multinomial
+``p_s(votes)`` over the ``C(N + k - 1, k - 1)`` possible vote outcomes; the predictive is their mixture
+``m = mean_s p_s``. Predictive entropy is ``H[m]``; the mutual information between votes and model parameters is
+``H[m] - mean_s H[p_s] = mean_s KL(p_s || m)`` (Walmsley et al. 2020, MNRAS 491, 1554).
+
+``method="exact"`` enumerates every outcome. ``method="sampled"`` draws ``n_draws`` vote outcomes from each ``p_s``
+and averages ``log p_s(v) - log m(v)`` with exact log-probabilities: the KL form has far lower variance than
+estimating the two entropies separately, because each term is bounded above by ``log S`` and vanishes when the
+samples agree. ``method="auto"`` enumerates while that is no dearer than sampling (``n_outcomes <= S * n_draws``).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from itertools import combinations
+from typing import Literal
+
+import numpy as np
+from scipy.special import gammaln
+
+from zoobot_pipeline._vote_space import SEED_BLOCK, exact_information, log_term_tables, sampled_information
+from zoobot_pipeline.schemas import Schema
+
+__all__ = [
+    "dirichlet_multinomial_log_prob",
+    "dirichlet_multinomial_nll",
+    "expected_fractions",
+    "n_vote_outcomes",
+    "predictive_entropy",
+    "question_mutual_information",
+    "schema_mutual_information",
+    "schema_predictive_entropy",
+    "vote_outcomes",
+]
+
+Method = Literal["auto", "exact", "sampled"]
+DEFAULT_DRAWS = 32
+_CHUNK_ELEMENTS = 250_000
+
+
+def dirichlet_multinomial_log_prob(votes: np.ndarray, concentrations: np.ndarray) -> np.ndarray:
+    """Exact log-probability of vote counts ``(n, k)`` under Dirichlet-Multinomials ``(n, k)``; ``(n,)``.
+
+    A galaxy with no votes for the question gives exactly 0.
+    """
+    votes = np.asarray(votes, dtype=np.float64)
+    alpha = np.asarray(concentrations, dtype=np.float64)
+    if votes.shape != alpha.shape:
+        raise ValueError(f"votes {votes.shape} and concentrations {alpha.shape} must have the same shape")
+    if np.any(votes < 0):
+        raise ValueError("vote counts must be non-negative")
+    if np.any(~(alpha > 0)):
+        raise ValueError("concentrations must be positive and finite")
+    total = votes.sum(axis=-1)
+    alpha_sum = alpha.sum(axis=-1)
+    log_prob = (
+        gammaln(total + 1)
+        + gammaln(alpha_sum)
+        - gammaln(total + alpha_sum)
+        + np.sum(gammaln(votes + alpha) - gammaln(alpha) - gammaln(votes + 1), axis=-1)
+    )
+    return np.where(total == 0, 0.0, log_prob)
+
+
+def dirichlet_multinomial_nll(votes: np.ndarray, concentrations: np.ndarray, schema: Schema) -> np.ndarray:
+    """Negative log-likelihood of each question's votes ``(n, A)`` given concentrations ``(n, A)``: ``(n, Q)``.
+
+    Training losses sum this over questions and average over the batch.
+    """
+    votes = np.asarray(votes)
+    concentrations = np.asarray(concentrations)
+    _check_answers(votes, schema, "votes")
+    _check_answers(concentrations, schema, "concentrations")
+    return np.stack(
+        [-dirichlet_multinomial_log_prob(votes[..., q.slice], concentrations[..., q.slice]) for q in schema.questions],
+        axis=-1,
+    )
+
+
+def expected_fractions(concentrations: np.ndarray, schema: Schema) -> np.ndarray:
+    """Expected vote fraction of every answer, ``a_j / sum(a)`` within its question; ``(n, A)``.
+
+    Given MC samples ``(n, S, A)``, the fractions are averaged over the samples.
+    """
+    alpha = np.asarray(concentrations, dtype=np.float64)
+    _check_answers(alpha, schema, "concentrations")
+    fractions = np.empty_like(alpha)
+    for q in schema.questions:
+        block = alpha[..., q.slice]
+        fractions[..., q.slice] = block / block.sum(axis=-1, keepdims=True)
+    return fractions.mean(axis=1) if fractions.ndim == 3 else fractions
+
+
+@cache
+def vote_outcomes(n_volunteers: int, n_answers: int) -> np.ndarray:
+    """Every way ``n_volunteers`` votes can split over ``n_answers`` answers; ``(C(N+k-1, k-1), k)`` int array."""
+    bars = np.array(list(combinations(range(n_volunteers + n_answers - 1), n_answers - 1)), dtype=np.int64)
+    bars = bars.reshape(-1, n_answers - 1)
+    edges = np.concatenate(
+        [np.full((len(bars), 1), -1), bars, np.full((len(bars), 1), n_volunteers + n_answers - 1)], axis=1
+    )
+    outcomes = np.diff(edges, axis=1) - 1
+    outcomes.setflags(write=False)
+    return outcomes
+
+
+def n_vote_outcomes(n_volunteers: int, n_answers: int) -> int:
+    """``C(N + k - 1, k - 1)``: the size of the vote-outcome space."""
+    from math import comb
+
+    return comb(n_volunteers + n_answers - 1, n_answers - 1)
+
+
+def question_mutual_information(
+    concentrations: np.ndarray,
+    n_volunteers: int = 40,
+    method: Method = "auto",
+    n_draws: int = DEFAULT_DRAWS,
+    seed: int = 0,
+) -> np.ndarray:
+    """Mutual information (BALD) between ``n_volunteers`` votes on one question and the model; ``(n,)`` in nats.
+
+    ``concentrations`` are MC samples ``(n, S, k)``. See the module docstring for the exact and sampled methods.
+    """
+    return _vote_space_information(concentrations, n_volunteers, method, n_draws, seed)[0]
+
+
+def predictive_entropy(
+    concentrations: np.ndarray,
+    n_volunteers: int = 40,
+    method: Method = "auto",
+    n_draws: int = DEFAULT_DRAWS,
+    seed: int = 0,
+) -> np.ndarray:
+    """Entropy (nats) of the predicted distribution of ``n_volunteers`` votes on one question, ``(n,)``.
+
+    The prediction is the mixture over MC samples ``(n, S, k)`` of their Dirichlet-Multinomials.
+    """
+    return _vote_space_information(concentrations, n_volunteers, method, n_draws, seed)[1]
+
+
+def schema_mutual_information(
+    concentrations: np.ndarray,
+    schema: Schema,
+    n_volunteers: int = 40,
+    method: Method = "auto",
+    n_draws: int = DEFAULT_DRAWS,
+    seed: int = 0,
+) -> np.ndarray:
+    """Per-question mutual information for MC samples ``(n, S, A)`` over a whole tree; ``(n, n_questions)``.
+
+    Not weighted by the probability each question is asked: acquisition does that (``schema.probability_asked``).
+    """
+    return _per_question(concentrations, schema, n_volunteers, method, n_draws, seed, index=0)
+
+
+def schema_predictive_entropy(
+    concentrations: np.ndarray,
+    schema: Schema,
+    n_volunteers: int = 40,
+    method: Method = "auto",
+    n_draws: int = DEFAULT_DRAWS,
+    seed: int = 0,
+) -> np.ndarray:
+    """Per-question vote-space predictive entropy for MC samples ``(n, S, A)``; ``(n, n_questions)``."""
+    return _per_question(concentrations, schema, n_volunteers, method, n_draws, seed, index=1)
+
+
+def _per_question(
+    concentrations: np.ndarray, schema: Schema, n_volunteers: int, method: Method, n_draws: int, seed: int, index: int
+) -> np.ndarray:
+    alpha = np.asarray(concentrations, dtype=np.float64)
+    if alpha.ndim != 3:
+        raise ValueError(f"expected MC samples of shape (n, S, A), got {alpha.shape}")
+    _check_answers(alpha, schema, "concentrations")
+    return np.stack(
+        [
+            _vote_space_information(alpha[..., q.slice], n_volunteers, method, n_draws, seed + q.index)[index]
+            for q in schema.questions
+        ],
+        axis=-1,
+    )
+
+
+def _vote_space_information(
+    concentrations: np.ndarray, n_volunteers: int, method: Method, n_draws: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mutual information, predictive entropy), each ``(n,)``, for one question's MC samples ``(n, S, k)``."""
+    alpha = np.ascontiguousarray(concentrations, dtype=np.float64)
+    if alpha.ndim != 3:
+        raise ValueError(f"expected MC samples of shape (n, S, k), got {alpha.shape}")
+    if np.any(~(alpha > 0)) or np.any(~np.isfinite(alpha)):
+        raise ValueError("concentrations must be positive and finite")
+    if n_volunteers < 0:
+        raise ValueError("n_volunteers must be >= 0")
+    if n_draws < 1:
+        raise ValueError("n_draws must be >= 1")
+    n, n_samples, k = alpha.shape
+    if n_volunteers == 0 or k == 1 or n == 0:
+        return np.zeros(n), np.zeros(n)
+    if method == "auto":
+        method = "exact" if n_vote_outcomes(n_volunteers, k) <= n_samples * n_draws else "sampled"
+    if method not in ("exact", "sampled"):
+        raise ValueError(f"unknown method {method!r}; use 'auto', 'exact' or 'sampled'")
+    mi = np.empty(n)
+    entropy = np.empty(n)
+    chunk = max(SEED_BLOCK, (_CHUNK_ELEMENTS // (n_samples * k * (n_volunteers + 1))) // SEED_BLOCK * SEED_BLOCK)
+    for start in range(0, n, chunk):
+        part = slice(start, start + chunk)
+        tables = log_term_tables(alpha[part], n_volunteers)
+        constant = -log_term_tables(alpha[part].sum(axis=-1, keepdims=True), n_volunteers)[..., 0, n_volunteers]
+        if method == "exact":
+            mi[part], entropy[part] = exact_information(tables, constant, vote_outcomes(n_volunteers, k))
+        else:
+            mi[part], entropy[part] = sampled_information(alpha[part], tables, constant, n_draws, seed, start)
+    return np.maximum(mi, 0.0), entropy
+
+
+def _check_answers(array: np.ndarray, schema: Schema, what: str) -> None:
+    if array.shape[-1] != schema.n_answers:
+        raise ValueError(
+            f"{what} have {array.shape[-1]} answer columns but schema {schema.name!r} has {schema.n_answers}"
+        )
