@@ -94,7 +94,7 @@ def test_tile_cutouts_scale_with_size_and_keep_row_order(tiny_release):
 
 
 def test_fixed_sizing_ignores_size_column():
-    sizes = CutoutSizing(size_px=40).sizes(np.array([1.0, 100.0]), 0.262, 2)
+    sizes = CutoutSizing(size_px=40, r50_factor=None).sizes(np.array([1.0, 100.0]), 0.262, 2)
     assert sizes.tolist() == [40, 40]
 
 

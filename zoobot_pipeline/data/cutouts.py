@@ -48,16 +48,17 @@ class Cutout:
 class CutoutSizing(BaseModel):
     """Cutout width in pixels: fixed, or scaled with source size (Galaxy Zoo style).
 
-    With ``r50_factor`` set, half-width = clip(r50_factor * r50_arcsec / pixel_scale, min_half_px, max_half_px);
-    a source without a finite, positive size gets the fixed ``size_px``.
+    With ``r50_factor`` set (the default), half-width = clip(r50_factor * r50_arcsec / pixel_scale, min_half_px,
+    max_half_px), so the galaxy fills a similar share of every image as in Galaxy Zoo DESI; a source without a
+    finite, positive size gets the fixed ``size_px``. Set ``r50_factor=None`` for fixed-size cutouts.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    size_px: int = Field(default=256, ge=1)
-    r50_factor: float | None = Field(default=None, gt=0)
-    min_half_px: int = Field(default=32, ge=1)
-    max_half_px: int = Field(default=512, ge=1)
+    size_px: int = Field(default=128, ge=1)
+    r50_factor: float | None = Field(default=5.0, gt=0)
+    min_half_px: int = Field(default=24, ge=1)
+    max_half_px: int = Field(default=256, ge=1)
     size_column: str = "r50_arcsec"
 
     def sizes(self, r50_arcsec: np.ndarray | None, pixel_scale_arcsec: float, n: int) -> np.ndarray:

@@ -34,8 +34,8 @@ __all__ = [
 ]
 
 KINDS = ("smooth", "featured", "edge_on", "merger", "star", "artifact")
-DEFAULT_KIND_FRACTIONS = {"smooth": 0.33, "featured": 0.35, "edge_on": 0.12, "merger": 0.07, "star": 0.08,
-                          "artifact": 0.05}
+DEFAULT_KIND_FRACTIONS = {"smooth": 0.35, "featured": 0.37, "edge_on": 0.13, "merger": 0.09, "star": 0.04,
+                          "artifact": 0.02}
 ZEROPOINT = 22.5
 
 # g-r and r-z colours (AB mag) of each component; per-source scatter is added when rendering.

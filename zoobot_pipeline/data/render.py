@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig, preprocess
 from zoobot_pipeline.io import atomic_path
@@ -105,3 +105,27 @@ def render_jpeg(
 ) -> Path:
     """Render a cutout to a JPEG file (atomically, at most 1 MiB); returns the path."""
     return _write(encode_image(render_rgb(cutout_data, bands, size, config), "jpeg"), path)
+
+
+def contact_sheet(images: Sequence[np.ndarray], captions: Sequence[str], columns: int = 6,
+                  caption_height: int = 28) -> np.ndarray:
+    """Tile equally sized uint8 RGB images into one grid with a caption strip under each; returns uint8 RGB."""
+    if not images:
+        raise ValueError("contact_sheet needs at least one image")
+    if len(captions) != len(images):
+        raise ValueError(f"{len(images)} images but {len(captions)} captions")
+    height, width = images[0].shape[:2]
+    rows = -(-len(images) // columns)
+    sheet = Image.new("RGB", (columns * width, rows * (height + caption_height)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (rgb, caption) in enumerate(zip(images, captions, strict=True)):
+        x, y = (i % columns) * width, (i // columns) * (height + caption_height)
+        sheet.paste(Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)), (x, y))
+        for line_number, line in enumerate(caption.splitlines()[:2]):
+            draw.text((x + 3, y + height + 1 + 13 * line_number), line, fill="black")
+    return np.asarray(sheet)
+
+
+def write_image(rgb: np.ndarray, path: str | Path, fmt: str = "png", max_bytes: int = MAX_IMAGE_BYTES) -> Path:
+    """Write a uint8 RGB array as PNG or JPEG, atomically."""
+    return _write(encode_image(rgb, fmt, max_bytes), path)

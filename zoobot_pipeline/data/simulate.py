@@ -58,6 +58,9 @@ from zoobot_pipeline.schemas import Schema, get_schema
 __all__ = ["default_tile_size", "simulate_release", "tile_wcs"]
 
 SURVEY = "synthetic-decals"
+# Catalogue positions keep this far from tile edges, like a survey brick's primary area; cutouts of large galaxies
+# still reach past the edge.
+EDGE_MARGIN_PX = 48
 FLUX_UNIT = "nanomaggy"
 SKY_AREA_PER_GALAXY_PX = 120  # each source gets about (120 px)^2 of sky
 MIN_TILE_SIZE = 512
@@ -242,7 +245,7 @@ def simulate_release(out_dir: str | Path, n_galaxies: int, n_tiles: int = 1, sch
     ids = np.array([f"syn_{i + 1:06d}" for i in range(n)], dtype=object)
     tile_ids = [f"tile_{t:04d}" for t in range(n_tiles)]
     position_rng = _stream(seed, _STREAM_TRUTH, 1)
-    margin = min(8, size // 8)
+    margin = min(EDGE_MARGIN_PX, size // 8)
     x = position_rng.uniform(margin, size - 1 - margin, n)
     y = position_rng.uniform(margin, size - 1 - margin, n)
     tile_of = np.concatenate([np.full(len(part), t) for t, part in enumerate(np.array_split(np.arange(n), n_tiles))])

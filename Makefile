@@ -1,0 +1,36 @@
+# The two commands a newcomer runs: `make demo` and `make test`. Both create .venv/ and install what they need.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+CONSTRAINTS := requirements/constraints.txt
+INSTALLED := $(VENV)/.installed
+DEMO_OUT ?= demo-output
+
+.PHONY: install demo test lint bench clean
+
+install: $(INSTALLED)
+
+# Re-runs whenever the project's requirements change; galaxy-datasets is the reference for the decision trees in the
+# tests and comes without its dependencies (torch and friends), which the tests never import.
+$(INSTALLED): pyproject.toml $(CONSTRAINTS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps -c $(CONSTRAINTS) galaxy-datasets
+	touch $@
+
+demo: $(INSTALLED)
+	$(BIN)/zoobot-pipeline demo --out $(DEMO_OUT)
+
+test: $(INSTALLED)
+	$(BIN)/python -m pytest -q
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+
+bench: $(INSTALLED)
+	$(BIN)/python benchmarks/mutual_information.py
+	$(BIN)/python benchmarks/simulate_rate.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache

@@ -1,0 +1,188 @@
+"""The ``zoobot-pipeline`` command line. Each sub-command is a thin call into the library."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from zoobot_pipeline import __version__
+
+app = typer.Typer(help="Galaxy Zoo morphology at survey scale: simulate, train, score, rank.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+schema_app = typer.Typer(help="Galaxy Zoo decision trees.", no_args_is_help=True)
+release_app = typer.Typer(help="Survey data releases.", no_args_is_help=True)
+app.add_typer(schema_app, name="schema")
+app.add_typer(release_app, name="release")
+
+console = Console()
+error_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _user_errors(func: F) -> F:
+    """Turn the library's input errors into a one-line message and exit code 2, instead of a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (ValueError, KeyError, FileNotFoundError) as err:
+            message = err.args[0] if isinstance(err, KeyError) and err.args else err
+            error_console.print(f"[bold red]error:[/] {message}", highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"zoobot-pipeline {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
+) -> None:
+    """Galaxy Zoo morphology at survey scale."""
+
+
+@app.command()
+@_user_errors
+def simulate(
+    out: Annotated[Path, typer.Option(help="Directory to write the release into.")],
+    galaxies: Annotated[int, typer.Option(help="Number of catalogue entries (galaxies, a few stars and artifacts).")]
+    = 2000,
+    tiles: Annotated[int, typer.Option(help="Number of FITS tiles.")] = 4,
+    schema: Annotated[str, typer.Option(help="Decision tree the simulated volunteers answer.")] = "decals_dr5",
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed writes the same release.")] = 0,
+    labelled_fraction: Annotated[float, typer.Option(help="Fraction of sources with volunteer votes.")] = 0.5,
+    volunteers: Annotated[int, typer.Option(help="Mean number of volunteers per galaxy at the root question.")] = 40,
+    tile_size: Annotated[int | None, typer.Option(help="Tile side in pixels (default: from source density).")] = None,
+    workers: Annotated[int, typer.Option(help="Processes rendering tiles.")] = 1,
+) -> None:
+    """Write a synthetic survey release with known morphology and simulated volunteer votes."""
+    from zoobot_pipeline.data.simulate import simulate_release
+
+    path = simulate_release(out, galaxies, tiles, schema=schema, seed=seed, labelled_fraction=labelled_fraction,
+                            n_volunteers=volunteers, progress=True, tile_size=tile_size, workers=workers)
+    console.print(f"wrote release to {path}")
+
+
+@schema_app.command("list")
+def schema_list() -> None:
+    """List the built-in decision trees."""
+    from zoobot_pipeline.schemas import available_schemas, get_schema
+
+    table = Table("name", "questions", "answers", "description")
+    for name in available_schemas():
+        schema = get_schema(name)
+        table.add_row(name, str(len(schema.questions)), str(schema.n_answers), schema.description)
+    console.print(table)
+
+
+@schema_app.command("show")
+@_user_errors
+def schema_show(name: Annotated[str, typer.Argument(help="Built-in name or path of a YAML tree.")]) -> None:
+    """Show a tree: questions, answers, label columns and what each question is asked after."""
+    from zoobot_pipeline.schemas import get_schema
+
+    schema = get_schema(name)
+    table = Table("question", "answers", "columns", "asked after", title=f"{schema.name}: {schema.description}")
+    for q in schema.questions:
+        parent = q.asked_after.label_col if q.asked_after else "(always asked)"
+        table.add_row(q.name, ", ".join(a.name for a in q.answers), f"{q.start}-{q.stop - 1}", parent)
+    console.print(table)
+
+
+@schema_app.command("validate")
+@_user_errors
+def schema_validate(path: Annotated[Path, typer.Argument(help="YAML file defining a decision tree.")]) -> None:
+    """Check a YAML decision tree; errors name the question at fault."""
+    from zoobot_pipeline.schemas import load_schema
+
+    schema = load_schema(path)
+    console.print(f"{path}: valid tree {schema.name!r} with {len(schema.questions)} questions, "
+                  f"{schema.n_answers} answers")
+
+
+@release_app.command("check")
+@_user_errors
+def release_check(
+    path: Annotated[Path, typer.Argument(help="Release directory.")],
+    schema: Annotated[str | None, typer.Option(help="Tree for votes.parquet (default: release.json's).")] = None,
+) -> None:
+    """Read a whole release (every tile, band, WCS and source; votes against the tree) and report what it found."""
+    from dataclasses import asdict
+
+    from zoobot_pipeline.demo import check_release
+
+    check = check_release(path, schema)
+    console.print_json(json.dumps(asdict(check)))
+    if check.tree_violations:
+        error_console.print(f"[bold red]error:[/] {check.tree_violations} galaxies have more votes on a question "
+                            "than on the answer it is asked after")
+        raise typer.Exit(1)
+
+
+class ImageFormat(str, Enum):
+    png = "png"
+    jpeg = "jpeg"
+
+
+@app.command()
+@_user_errors
+def render(
+    release: Annotated[Path, typer.Argument(help="Release directory.")],
+    out: Annotated[Path, typer.Option(help="Directory for the images.")],
+    ids: Annotated[list[str] | None, typer.Option("--id", help="Source id_str to render (repeatable).")] = None,
+    limit: Annotated[int, typer.Option(help="Without --id: render the first N sources.")] = 20,
+    size: Annotated[int, typer.Option(help="Image side in pixels (Galaxy Zoo uses 424).")] = 424,
+    image_format: Annotated[ImageFormat, typer.Option("--format", help="png or jpeg.")] = ImageFormat.png,
+) -> None:
+    """Render colour cutouts of sources as Galaxy Zoo shows them (at most 1 MiB each)."""
+    import pyarrow.compute as pc
+
+    from zoobot_pipeline.data.cutouts import CutoutSizing, tile_cutouts
+    from zoobot_pipeline.data.release import Release
+    from zoobot_pipeline.data.render import render_jpeg, render_png
+
+    opened = Release.open(release)
+    wanted = list(ids) if ids else opened.sources["id_str"].to_pylist()[:limit]
+    unknown = set(wanted) - set(opened.sources["id_str"].to_pylist())
+    if unknown:
+        raise ValueError(f"{release}: no sources with id_str {sorted(unknown)[:5]}")
+    writer = render_png if image_format is ImageFormat.png else render_jpeg
+    written = 0
+    for tile, sources in opened.iter_tiles():
+        rows = sources.filter(pc.is_in(sources["id_str"], value_set=pc.cast(wanted, sources["id_str"].type)))
+        if rows.num_rows == 0:
+            continue
+        with tile:
+            cutouts = tile_cutouts(tile, rows, CutoutSizing(), opened.info.pixel_scale_arcsec)
+        for id_str, cut in zip(rows["id_str"].to_pylist(), cutouts, strict=True):
+            writer(cut.data, out / f"{id_str}.{image_format.value}", bands=opened.bands, size=size)
+            written += 1
+    console.print(f"wrote {written} images to {out}")
+
+
+@app.command()
+@_user_errors
+def demo(
+    out: Annotated[Path, typer.Option(help="Directory for everything the demo writes.")] = Path("demo-output"),
+    galaxies: Annotated[int, typer.Option(help="Sources in the simulated release.")] = 600,
+    tiles: Annotated[int, typer.Option(help="Tiles in the simulated release.")] = 2,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Run the pipeline end to end on built-in simulated data (no network)."""
+    from zoobot_pipeline.demo import run_demo
+
+    run_demo(out, galaxies, tiles, seed, console=console)
