@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -23,7 +23,7 @@ app.add_typer(schema_app, name="schema")
 app.add_typer(release_app, name="release")
 
 console = Console()
-error_console = Console(stderr=True)
+error_console = Console(stderr=True, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -50,7 +50,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
 ) -> None:
     """Galaxy Zoo morphology at survey scale."""
 
@@ -133,7 +135,7 @@ def release_check(
         raise typer.Exit(1)
 
 
-class ImageFormat(str, Enum):
+class ImageFormat(StrEnum):
     png = "png"
     jpeg = "jpeg"
 
