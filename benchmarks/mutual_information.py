@@ -15,7 +15,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from zoobot_pipeline.schemas import get_schema
-from zoobot_pipeline.stats import n_vote_outcomes, question_mutual_information, schema_mutual_information
+from zoobot_pipeline.stats import n_vote_outcomes, question_mutual_information, schema_vote_information
 
 
 def mc_dropout_like(n: int, n_samples: int, n_answers: int, rng: np.random.Generator, spread: float) -> np.ndarray:
@@ -38,11 +38,11 @@ def main() -> None:
     schema = get_schema("decals_dr5")
 
     warm = mc_dropout_like(8, args.samples, schema.n_answers, rng, 0.2)
-    schema_mutual_information(warm, schema, args.volunteers, n_draws=args.draws)  # compile (cached afterwards)
+    schema_vote_information(warm, schema, args.volunteers, n_draws=args.draws)  # compile (cached afterwards)
 
     alpha = mc_dropout_like(args.galaxies, args.samples, schema.n_answers, rng, 0.2)
     start = time.perf_counter()
-    mi = schema_mutual_information(alpha, schema, args.volunteers, n_draws=args.draws)
+    mi = schema_vote_information(alpha, schema, args.volunteers, n_draws=args.draws).mutual_information
     elapsed = time.perf_counter() - start
     print(f"throughput: {args.galaxies} galaxies x {schema.n_answers} answers ({len(schema.questions)} questions) "
           f"x S={args.samples}, N={args.volunteers}, draws={args.draws}: {elapsed:.2f} s "

@@ -7,7 +7,7 @@ from PIL import Image
 from zoobot_pipeline.data.cutouts import cutout
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
 from zoobot_pipeline.data.release import Release
-from zoobot_pipeline.data.render import MAX_IMAGE_BYTES, encode_image, render_jpeg, render_png, render_rgb
+from zoobot_pipeline.data.render import MAX_IMAGE_BYTES, encode_image, render_image, render_rgb
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def _brightness(rgb: np.ndarray) -> np.ndarray:
 
 
 def test_png_is_424_rgb_under_limit_and_bright_at_source(centre_cutout, tmp_path):
-    path = render_png(centre_cutout, tmp_path / "subjects" / "centre.png", bands=("g", "r", "z"))
+    path = render_image(centre_cutout, tmp_path / "subjects" / "centre.png", bands=("g", "r", "z"))
     assert path.stat().st_size <= MAX_IMAGE_BYTES
     with Image.open(path) as image:
         assert image.format == "PNG" and image.mode == "RGB" and image.size == (424, 424)
@@ -53,7 +53,7 @@ def test_composite_is_red_where_z_is_brightest(centre_cutout):
 
 def test_jpeg_and_gz_decals_style(centre_cutout, tmp_path):
     config = PreprocessingConfig.gz_decals(input_size=424, crop_fraction=1.0)
-    path = render_jpeg(centre_cutout * 0.05, tmp_path / "centre.jpg", bands=("g", "r", "z"), config=config)
+    path = render_image(centre_cutout * 0.05, tmp_path / "centre.jpg", bands=("g", "r", "z"), config=config, fmt="jpeg")
     with Image.open(path) as image:
         assert image.format == "JPEG" and image.size == (424, 424) and image.mode == "RGB"
         brightness = _brightness(np.asarray(image))

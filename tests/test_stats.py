@@ -19,8 +19,8 @@ from zoobot_pipeline.stats import (
     n_vote_outcomes,
     predictive_entropy,
     question_mutual_information,
-    schema_mutual_information,
-    schema_predictive_entropy,
+    schema_vote_information,
+    vote_information,
     vote_outcomes,
 )
 
@@ -117,8 +117,9 @@ def test_vote_outcomes_enumerate_every_split_once():
 def test_exact_information_matches_brute_force_enumeration(n_answers, n_volunteers):
     rng = np.random.default_rng(n_answers)
     alpha = rng.uniform(0.5, 60, size=(5, 4, n_answers))
-    mi = question_mutual_information(alpha, n_volunteers, method="exact")
-    entropy = predictive_entropy(alpha, n_volunteers, method="exact")
+    mi, entropy = vote_information(alpha, n_volunteers, method="exact")
+    assert np.array_equal(mi, question_mutual_information(alpha, n_volunteers, method="exact"))
+    assert np.array_equal(entropy, predictive_entropy(alpha, n_volunteers, method="exact"))
     for g in range(len(alpha)):
         pmfs, mixture = _mixture(alpha[g], n_volunteers)
         assert entropy[g] == pytest.approx(_entropy(mixture), rel=1e-9)
@@ -191,12 +192,11 @@ def test_auto_method_enumerates_small_spaces_and_samples_large_ones():
 def test_schema_level_information_per_question():
     schema = get_schema("decals_dr5")
     alpha = _dropout_like(15, schema.n_answers, 0.2, np.random.default_rng(6))
-    mi = schema_mutual_information(alpha, schema)
-    entropy = schema_predictive_entropy(alpha, schema)
+    mi, entropy = schema_vote_information(alpha, schema)
     assert mi.shape == entropy.shape == (15, len(schema.questions))
     assert np.all(mi >= 0) and np.all(entropy >= mi)
     bar = schema.question("bar-dr5")
     expected = question_mutual_information(alpha[..., bar.slice], 40, seed=bar.index)
     np.testing.assert_array_equal(mi[:, bar.index], expected)
     with pytest.raises(ValueError, match=r"\(n, S, A\)"):
-        schema_mutual_information(alpha[:, 0], schema)
+        schema_vote_information(alpha[:, 0], schema)

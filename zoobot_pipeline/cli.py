@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -69,13 +70,15 @@ def simulate(
     labelled_fraction: Annotated[float, typer.Option(help="Fraction of sources with volunteer votes.")] = 0.5,
     volunteers: Annotated[int, typer.Option(help="Mean number of volunteers per galaxy at the root question.")] = 40,
     tile_size: Annotated[int | None, typer.Option(help="Tile side in pixels (default: from source density).")] = None,
-    workers: Annotated[int, typer.Option(help="Processes rendering tiles.")] = 1,
+    workers: Annotated[int | None, typer.Option(help="Processes rendering tiles (default: one per CPU core).")]
+    = None,
 ) -> None:
     """Write a synthetic survey release with known morphology and simulated volunteer votes."""
     from zoobot_pipeline.data.simulate import simulate_release
 
     path = simulate_release(out, galaxies, tiles, schema=schema, seed=seed, labelled_fraction=labelled_fraction,
-                            n_volunteers=volunteers, progress=True, tile_size=tile_size, workers=workers)
+                            n_volunteers=volunteers, progress=True, tile_size=tile_size,
+                            workers=workers or os.cpu_count() or 1)
     console.print(f"wrote release to {path}")
 
 
@@ -151,28 +154,20 @@ def render(
     image_format: Annotated[ImageFormat, typer.Option("--format", help="png or jpeg.")] = ImageFormat.png,
 ) -> None:
     """Render colour cutouts of sources as Galaxy Zoo shows them (at most 1 MiB each)."""
-    import pyarrow.compute as pc
-
-    from zoobot_pipeline.data.cutouts import CutoutSizing, tile_cutouts
+    from zoobot_pipeline.data.cutouts import release_cutouts
     from zoobot_pipeline.data.release import Release
-    from zoobot_pipeline.data.render import render_jpeg, render_png
+    from zoobot_pipeline.data.render import render_image
 
     opened = Release.open(release)
-    wanted = list(ids) if ids else opened.sources["id_str"].to_pylist()[:limit]
-    unknown = set(wanted) - set(opened.sources["id_str"].to_pylist())
+    known = opened.sources["id_str"].to_pylist()
+    wanted = list(ids) if ids else known[:limit]
+    unknown = set(wanted) - set(known)
     if unknown:
         raise ValueError(f"{release}: no sources with id_str {sorted(unknown)[:5]}")
-    writer = render_png if image_format is ImageFormat.png else render_jpeg
     written = 0
-    for tile, sources in opened.iter_tiles():
-        rows = sources.filter(pc.is_in(sources["id_str"], value_set=pc.cast(wanted, sources["id_str"].type)))
-        if rows.num_rows == 0:
-            continue
-        with tile:
-            cutouts = tile_cutouts(tile, rows, CutoutSizing(), opened.info.pixel_scale_arcsec)
-        for id_str, cut in zip(rows["id_str"].to_pylist(), cutouts, strict=True):
-            writer(cut.data, out / f"{id_str}.{image_format.value}", bands=opened.bands, size=size)
-            written += 1
+    for id_str, cut in release_cutouts(opened, wanted):
+        render_image(cut.data, out / f"{id_str}.{image_format.value}", opened.bands, size, fmt=image_format.value)
+        written += 1
     console.print(f"wrote {written} images to {out}")
 
 

@@ -8,17 +8,17 @@ Training, export, scoring and ranking join as they land.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from rich.console import Console
 
-from zoobot_pipeline.data.cutouts import CutoutSizing, tile_cutouts
+from zoobot_pipeline.data.cutouts import release_cutouts
 from zoobot_pipeline.data.release import Release
 from zoobot_pipeline.data.render import contact_sheet, render_rgb, write_image
 from zoobot_pipeline.data.simulate import simulate_release
@@ -48,14 +48,10 @@ def check_release(path: str | Path, schema_name: str | None = None) -> ReleaseCh
     Raises ``ReleaseError`` / ``VotesError`` naming the file at fault; cutout problems are counted, not fatal.
     """
     release = Release.open(path)
-    flags: Counter[str] = Counter()
-    per_tile: dict[str, int] = {}
-    for tile, sources in release.iter_tiles():
-        with tile:
-            cutouts = tile_cutouts(tile, sources, CutoutSizing(), release.info.pixel_scale_arcsec)
-        per_tile[tile.tile_id] = len(cutouts)
-        flags.update(edge=int(sum(c.edge for c in cutouts)), off_tile=int(sum(c.off_tile for c in cutouts)),
-                     rejected=int(sum(c.rejected for c in cutouts)))
+    flags: Counter[str] = Counter(edge=0, off_tile=0, rejected=0)
+    for _, cut in release_cutouts(release):
+        flags.update(edge=int(cut.edge), off_tile=int(cut.off_tile), rejected=int(cut.rejected))
+    per_tile = {tile_id: release.tile_sources(tile_id).num_rows for tile_id in release.tile_ids}
     check = ReleaseCheck(str(release.path), len(per_tile), release.sources.num_rows, per_tile, dict(flags))
     votes_path = Path(path) / "votes.parquet"
     if votes_path.is_file():
@@ -84,15 +80,9 @@ def _gallery(release_dir: Path, out: Path, per_kind: int = 4) -> Path:
         chosen.extend(labelled[:per_kind])
     kind_by_id = dict(zip(truth["id_str"].to_pylist(), kinds, strict=True))
     images, captions = [], []
-    for tile, sources in release.iter_tiles():
-        rows = sources.filter(pc.is_in(sources["id_str"], value_set=pc.cast(chosen, sources["id_str"].type)))
-        if rows.num_rows == 0:
-            continue
-        with tile:
-            cutouts = tile_cutouts(tile, rows, CutoutSizing(), release.info.pixel_scale_arcsec)
-        for id_str, cut in zip(rows["id_str"].to_pylist(), cutouts, strict=True):
-            images.append(render_rgb(cut.data, release.bands, size=160))
-            captions.append(f"{id_str} {kind_by_id[id_str]}\nsmooth votes {smooth_by_id[id_str]:.2f}")
+    for id_str, cut in release_cutouts(release, chosen):
+        images.append(render_rgb(cut.data, release.bands, size=160))
+        captions.append(f"{id_str} {kind_by_id[id_str]}\nsmooth votes {smooth_by_id[id_str]:.2f}")
     return write_image(contact_sheet(images, captions, columns=6), out)
 
 
@@ -105,7 +95,8 @@ def run_demo(out_dir: str | Path, n_galaxies: int = 600, n_tiles: int = 2, seed:
     console.rule("[bold]zoobot-pipeline demo")
     console.print(f"1/3 simulating a release: {n_galaxies} sources on {n_tiles} tiles (seed {seed})")
     t0 = time.perf_counter()
-    release_dir = simulate_release(out_dir / "release", n_galaxies, n_tiles, seed=seed, progress=True)
+    release_dir = simulate_release(out_dir / "release", n_galaxies, n_tiles, seed=seed, progress=True,
+                                   workers=min(n_tiles, os.cpu_count() or 1))
     simulate_s = time.perf_counter() - t0
     console.print(f"    {release_dir} in {simulate_s:.1f} s ({n_galaxies / simulate_s:.0f} sources/s)")
     console.print("2/3 checking the release: every tile, band, WCS, cutout, and the votes against the tree")

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from functools import cache
 from itertools import combinations
-from typing import Literal
+from math import comb
+from typing import Literal, NamedTuple
 
 import numpy as np
 from scipy.special import gammaln
@@ -33,9 +34,10 @@ __all__ = [
     "n_vote_outcomes",
     "predictive_entropy",
     "question_mutual_information",
-    "schema_mutual_information",
-    "schema_predictive_entropy",
+    "schema_vote_information",
+    "vote_information",
     "vote_outcomes",
+    "VoteInformation",
 ]
 
 Method = Literal["auto", "exact", "sampled"]
@@ -111,9 +113,28 @@ def vote_outcomes(n_volunteers: int, n_answers: int) -> np.ndarray:
 
 def n_vote_outcomes(n_volunteers: int, n_answers: int) -> int:
     """``C(N + k - 1, k - 1)``: the size of the vote-outcome space."""
-    from math import comb
-
     return comb(n_volunteers + n_answers - 1, n_answers - 1)
+
+
+class VoteInformation(NamedTuple):
+    """Vote-space information in nats: ``(n,)`` arrays for one question, ``(n, n_questions)`` for a tree."""
+
+    mutual_information: np.ndarray
+    predictive_entropy: np.ndarray
+
+
+def vote_information(
+    concentrations: np.ndarray,
+    n_volunteers: int = 40,
+    method: Method = "auto",
+    n_draws: int = DEFAULT_DRAWS,
+    seed: int = 0,
+) -> VoteInformation:
+    """Mutual information (BALD) and predictive entropy of ``n_volunteers`` votes on one question, from MC samples.
+
+    ``concentrations`` are ``(n, S, k)``; both quantities come from one pass (see the module docstring).
+    """
+    return VoteInformation(*_vote_space_information(concentrations, n_volunteers, method, n_draws, seed))
 
 
 def question_mutual_information(
@@ -123,11 +144,8 @@ def question_mutual_information(
     n_draws: int = DEFAULT_DRAWS,
     seed: int = 0,
 ) -> np.ndarray:
-    """Mutual information (BALD) between ``n_volunteers`` votes on one question and the model; ``(n,)`` in nats.
-
-    ``concentrations`` are MC samples ``(n, S, k)``. See the module docstring for the exact and sampled methods.
-    """
-    return _vote_space_information(concentrations, n_volunteers, method, n_draws, seed)[0]
+    """Mutual information (BALD) between ``n_volunteers`` votes on one question and the model; ``(n,)`` in nats."""
+    return vote_information(concentrations, n_volunteers, method, n_draws, seed).mutual_information
 
 
 def predictive_entropy(
@@ -141,50 +159,31 @@ def predictive_entropy(
 
     The prediction is the mixture over MC samples ``(n, S, k)`` of their Dirichlet-Multinomials.
     """
-    return _vote_space_information(concentrations, n_volunteers, method, n_draws, seed)[1]
+    return vote_information(concentrations, n_volunteers, method, n_draws, seed).predictive_entropy
 
 
-def schema_mutual_information(
+def schema_vote_information(
     concentrations: np.ndarray,
     schema: Schema,
     n_volunteers: int = 40,
     method: Method = "auto",
     n_draws: int = DEFAULT_DRAWS,
     seed: int = 0,
-) -> np.ndarray:
-    """Per-question mutual information for MC samples ``(n, S, A)`` over a whole tree; ``(n, n_questions)``.
+) -> VoteInformation:
+    """Per-question mutual information and predictive entropy for MC samples ``(n, S, A)``; each ``(n, Q)``.
 
-    Not weighted by the probability each question is asked: acquisition does that (``schema.probability_asked``).
+    Question ``q`` uses seed ``seed + q``. Not weighted by the probability each question is asked: acquisition does
+    that (``schema.probability_asked``).
     """
-    return _per_question(concentrations, schema, n_volunteers, method, n_draws, seed, index=0)
-
-
-def schema_predictive_entropy(
-    concentrations: np.ndarray,
-    schema: Schema,
-    n_volunteers: int = 40,
-    method: Method = "auto",
-    n_draws: int = DEFAULT_DRAWS,
-    seed: int = 0,
-) -> np.ndarray:
-    """Per-question vote-space predictive entropy for MC samples ``(n, S, A)``; ``(n, n_questions)``."""
-    return _per_question(concentrations, schema, n_volunteers, method, n_draws, seed, index=1)
-
-
-def _per_question(
-    concentrations: np.ndarray, schema: Schema, n_volunteers: int, method: Method, n_draws: int, seed: int, index: int
-) -> np.ndarray:
     alpha = np.asarray(concentrations, dtype=np.float64)
     if alpha.ndim != 3:
         raise ValueError(f"expected MC samples of shape (n, S, A), got {alpha.shape}")
     _check_answers(alpha, schema, "concentrations")
-    return np.stack(
-        [
-            _vote_space_information(alpha[..., q.slice], n_volunteers, method, n_draws, seed + q.index)[index]
-            for q in schema.questions
-        ],
-        axis=-1,
-    )
+    per_question = [
+        _vote_space_information(alpha[..., q.slice], n_volunteers, method, n_draws, seed + q.index)
+        for q in schema.questions
+    ]
+    return VoteInformation(*(np.stack(values, axis=-1) for values in zip(*per_question, strict=True)))
 
 
 def _vote_space_information(

@@ -14,18 +14,21 @@ both for no data); Galaxy Zoo rejects cutouts with a fraction of at least :data:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from astropy.nddata.utils import NoOverlapError, overlap_slices
 from astropy.wcs import WCS
 from pydantic import BaseModel, ConfigDict, Field
 
-from zoobot_pipeline.data.release import Tile
+from zoobot_pipeline.data.release import Release, Tile
 
-__all__ = ["MAX_NAN_FRACTION", "Cutout", "CutoutSizing", "cutout", "cutout_at_pixels", "tile_cutouts"]
+__all__ = [
+    "MAX_NAN_FRACTION", "Cutout", "CutoutSizing", "cutout", "cutout_at_pixels", "release_cutouts", "tile_cutouts",
+]
 
 MAX_NAN_FRACTION = 0.2
 
@@ -134,3 +137,15 @@ def tile_cutouts(tile: Tile, sources: pa.Table, sizing: CutoutSizing, pixel_scal
     sizes = sizing.sizes(r50, pixel_scale_arcsec, len(ra))
     pixels = _band_pixels(tile.wcs, ra, dec)
     return [cutout_at_pixels(tile.images, [(x[i], y[i]) for x, y in pixels], int(sizes[i])) for i in range(len(ra))]
+
+
+def release_cutouts(release: Release, ids: Sequence[str] | None = None,
+                    sizing: CutoutSizing | None = None) -> Iterator[tuple[str, Cutout]]:
+    """``(id_str, cutout)`` for every source of a release (or only ``ids``), one tile open at a time, tile by tile."""
+    sizing = sizing or CutoutSizing()
+    wanted = None if ids is None else pa.array(list(ids), type=release.sources["id_str"].type)
+    for tile, sources in release.iter_tiles():
+        rows = sources if wanted is None else sources.filter(pc.is_in(sources["id_str"], value_set=wanted))
+        if rows.num_rows:
+            cutouts = tile_cutouts(tile, rows, sizing, release.info.pixel_scale_arcsec)
+            yield from zip(rows["id_str"].to_pylist(), cutouts, strict=True)

@@ -20,7 +20,9 @@ from PIL import Image, ImageDraw
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig, preprocess
 from zoobot_pipeline.io import atomic_path
 
-__all__ = ["MAX_IMAGE_BYTES", "composite_config", "encode_image", "render_jpeg", "render_png", "render_rgb"]
+__all__ = [
+    "MAX_IMAGE_BYTES", "composite_config", "contact_sheet", "encode_image", "render_image", "render_rgb", "write_image",
+]
 
 MAX_IMAGE_BYTES = 1024 * 1024
 _JPEG_QUALITIES = (90, 80, 70, 60, 50, 40)
@@ -85,26 +87,16 @@ def _write(encoded: bytes, path: str | Path) -> Path:
     return Path(path)
 
 
-def render_png(
+def render_image(
     cutout_data: np.ndarray,
     path: str | Path,
     bands: Sequence[str] | None = None,
     size: int = 424,
     config: PreprocessingConfig | None = None,
+    fmt: str = "png",
 ) -> Path:
-    """Render a cutout to a PNG file (atomically, at most 1 MiB); returns the path."""
-    return _write(encode_image(render_rgb(cutout_data, bands, size, config), "png"), path)
-
-
-def render_jpeg(
-    cutout_data: np.ndarray,
-    path: str | Path,
-    bands: Sequence[str] | None = None,
-    size: int = 424,
-    config: PreprocessingConfig | None = None,
-) -> Path:
-    """Render a cutout to a JPEG file (atomically, at most 1 MiB); returns the path."""
-    return _write(encode_image(render_rgb(cutout_data, bands, size, config), "jpeg"), path)
+    """Render a cutout to a PNG or JPEG file (``fmt``), atomically and at most 1 MiB; returns the path."""
+    return _write(encode_image(render_rgb(cutout_data, bands, size, config), fmt), path)
 
 
 def contact_sheet(images: Sequence[np.ndarray], captions: Sequence[str], columns: int = 6,
