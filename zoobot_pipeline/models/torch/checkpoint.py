@@ -1,0 +1,104 @@
+"""Checkpoints that never unpickle: weights in safetensors, everything else in ``checkpoint.json``.
+
+A checkpoint directory holds ``model.safetensors`` and ``checkpoint.json`` (model config, schema tree and label
+columns, preprocessing, training config, metrics, framework versions and the weights' sha256). It is written into a
+temporary directory beside the destination and renamed into place, so readers see a whole checkpoint or none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+
+from zoobot_pipeline import __version__
+from zoobot_pipeline.data.preprocessing import PreprocessingConfig
+from zoobot_pipeline.models import CHECKPOINT_JSON, ModelConfig, TrainingConfig, read_checkpoint_json
+from zoobot_pipeline.models.torch.model import ZoobotModel
+from zoobot_pipeline.schemas import schema_from_dict
+
+__all__ = ["CHECKPOINT_FORMAT", "WEIGHTS_FILE", "load_checkpoint", "save_checkpoint"]
+
+CHECKPOINT_FORMAT = "zoobot-pipeline-checkpoint/1"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _replace_directory(tmp: Path, destination: Path) -> None:
+    """Rename ``tmp`` onto ``destination``; an existing destination is moved aside first, then deleted."""
+    if not destination.exists():
+        os.replace(tmp, destination)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".old-{destination.name}.", dir=destination.parent))
+    os.replace(destination, old / destination.name)
+    os.replace(tmp, destination)
+    shutil.rmtree(old)
+
+
+def save_checkpoint(model: ZoobotModel, directory: str | Path, preprocessing: PreprocessingConfig,
+                    training_config: TrainingConfig | None = None, metrics: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` and its metadata to the checkpoint ``directory`` atomically; returns the directory."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{directory.name}.", dir=directory.parent))
+    try:
+        weights = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+        save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": CHECKPOINT_FORMAT})
+        meta = {
+            "format": CHECKPOINT_FORMAT,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "model": model.config.model_dump(mode="json"),
+            "schema": model.schema.to_dict(),
+            "label_cols": model.schema.label_cols,
+            "preprocessing": preprocessing.model_dump(mode="json"),
+            "training": training_config.model_dump(mode="json") if training_config is not None else None,
+            "metrics": metrics or {},
+            "framework": {"name": "torch", "torch": torch.__version__, "timm": timm.__version__,
+                          "safetensors": safetensors.__version__, "zoobot_pipeline": __version__},
+            "weights": {"file": WEIGHTS_FILE, "sha256": _sha256(tmp / WEIGHTS_FILE)},
+        }
+        (tmp / CHECKPOINT_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+        for path in (tmp / WEIGHTS_FILE, tmp / CHECKPOINT_JSON):
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+        os.chmod(tmp, 0o755)
+        _replace_directory(tmp, directory)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return directory
+
+
+def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> ZoobotModel:
+    """Rebuild the model described by ``checkpoint.json`` and load its safetensors weights; returns it in eval mode.
+
+    The weights' sha256 is checked against the JSON before loading.
+    """
+    directory = Path(directory)
+    meta = read_checkpoint_json(directory)
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{directory}: unsupported checkpoint format {meta.get('format')!r}")
+    weights_path = directory / meta["weights"]["file"]
+    if _sha256(weights_path) != meta["weights"]["sha256"]:
+        raise ValueError(f"{weights_path}: sha256 does not match {CHECKPOINT_JSON}")
+    schema = schema_from_dict(meta["schema"], source=str(directory / CHECKPOINT_JSON))
+    model = ZoobotModel(ModelConfig.model_validate(meta["model"]), schema)
+    model.load_state_dict(load_file(str(weights_path), device=str(map_location)))
+    return model.eval()
