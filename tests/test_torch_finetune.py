@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig  # noqa: E402
-from zoobot_pipeline.models import ModelConfig  # noqa: E402
+from zoobot_pipeline.models import FinetuneConfig, ModelConfig  # noqa: E402
 from zoobot_pipeline.models.torch.checkpoint import save_checkpoint  # noqa: E402
 from zoobot_pipeline.models.torch.finetune import (  # noqa: E402
     build_finetune_model,
@@ -31,8 +31,8 @@ def _checkpoint(tmp_path: Path, architecture: str) -> Path:
 @pytest.mark.parametrize(("architecture", "n_blocks"), [("test_efficientnet", 2), ("test_convnext", 3),
                                                          ("test_resnet", 2)])
 def test_frozen_parameters_get_no_gradient_and_lrs_decay(tmp_path: Path, architecture, n_blocks):
-    model = build_finetune_model(_checkpoint(tmp_path, architecture), "classification", n_outputs=2,
-                                 n_blocks=n_blocks).train()
+    config = FinetuneConfig(task="classification", label_columns=("bar",), n_blocks=n_blocks)
+    model = build_finetune_model(_checkpoint(tmp_path, architecture), config, class_names=["no", "yes"]).train()
     blocks = encoder_blocks(model.encoder)
     unfrozen = {id(p) for block in blocks[:n_blocks] for p in block.parameters()}
     loss = finetune_loss(model, model(torch.rand(4, 3, 32, 32)), torch.tensor([0, 1, 1, 0]))
@@ -51,14 +51,14 @@ def test_frozen_parameters_get_no_gradient_and_lrs_decay(tmp_path: Path, archite
 
 def test_frozen_by_default_regression_and_new_tree(tmp_path: Path):
     checkpoint = _checkpoint(tmp_path, "test_resnet")
-    regression = build_finetune_model(checkpoint, "regression", n_outputs=1)
+    regression = build_finetune_model(checkpoint, FinetuneConfig(task="regression", label_columns=("r50",)))
     assert not any(p.requires_grad for p in regression.encoder.parameters())
     x = torch.rand(3, 3, 32, 32)
     assert finetune_loss(regression, regression(x), torch.rand(3)).ndim == 0
     assert len(finetune_param_groups(regression, lr=1e-3)) == 1
 
     gz2 = get_schema("gz2")
-    tree = build_finetune_model(checkpoint, "dirichlet", schema=gz2).eval()
+    tree = build_finetune_model(checkpoint, FinetuneConfig(task="dirichlet", schema_name="gz2")).eval()
     with torch.no_grad():
         out = tree(x)
     assert out.shape == (3, gz2.n_answers) and torch.all(out > 1)
@@ -67,9 +67,11 @@ def test_frozen_by_default_regression_and_new_tree(tmp_path: Path):
 
 def test_bad_requests_are_errors(tmp_path: Path):
     checkpoint = _checkpoint(tmp_path, "test_resnet")
-    with pytest.raises(ValueError, match="n_outputs"):
-        build_finetune_model(checkpoint, "classification", n_outputs=1)
-    with pytest.raises(ValueError, match="schema"):
-        build_finetune_model(checkpoint, "dirichlet")
+    with pytest.raises(ValueError, match="2 class names"):
+        build_finetune_model(checkpoint, FinetuneConfig(task="classification", label_columns=("bar",)), ["only"])
+    with pytest.raises(ValueError, match="schema_name"):
+        FinetuneConfig(task="dirichlet")
+    with pytest.raises(ValueError, match="exactly one label column"):
+        FinetuneConfig(task="classification", label_columns=("a", "b"))
     with pytest.raises(ValueError, match="n_blocks"):
-        build_finetune_model(checkpoint, "regression", n_outputs=1, n_blocks=99)
+        build_finetune_model(checkpoint, FinetuneConfig(task="regression", label_columns=("r50",), n_blocks=99))

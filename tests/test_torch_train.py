@@ -13,8 +13,14 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig  # noqa: E402
 from zoobot_pipeline.data.simulate import simulate_release  # noqa: E402
-from zoobot_pipeline.models import AugmentationConfig, ModelConfig, TrainingConfig, read_checkpoint_json  # noqa: E402
-from zoobot_pipeline.models.torch import train  # noqa: E402
+from zoobot_pipeline.models import (  # noqa: E402
+    AugmentationConfig,
+    ModelConfig,
+    TrainingConfig,
+    pretrain,
+    read_checkpoint_json,
+)
+from zoobot_pipeline.models.torch import loop  # noqa: E402
 from zoobot_pipeline.models.torch.checkpoint import load_checkpoint  # noqa: E402
 from zoobot_pipeline.models.torch.data import (  # noqa: E402
     GalaxyDataset,
@@ -22,8 +28,9 @@ from zoobot_pipeline.models.torch.data import (  # noqa: E402
     load_labelled_images,
     validation_mask,
 )
+from zoobot_pipeline.models.torch.job import TrainingTask  # noqa: E402
 from zoobot_pipeline.models.torch.model import build_model  # noqa: E402
-from zoobot_pipeline.models.torch.train import evaluate, pretrain_local  # noqa: E402
+from zoobot_pipeline.models.torch.train import evaluate, schema_loss  # noqa: E402
 from zoobot_pipeline.schemas import get_schema  # noqa: E402
 
 torch.set_num_threads(2)
@@ -38,16 +45,16 @@ def release(tmp_path_factory) -> Path:
 def test_labelled_images_follow_votes(release: Path):
     data = load_labelled_images(release, release / "votes.parquet", get_schema("decals_dr5"), PREPROCESSING)
     assert data.images.shape == (len(data.ids), 3, 32, 32) and data.images.dtype == np.float32
-    assert data.votes.shape == (len(data.ids), get_schema("decals_dr5").n_answers)
+    assert data.targets.shape == (len(data.ids), get_schema("decals_dr5").n_answers)
     assert len(data.ids) + data.n_rejected + data.n_missing == 60
     assert data.images.min() >= 0.0 and data.images.max() <= 1.0
 
 
-def test_pretrain_local_loss_falls_and_keeps_the_best_checkpoint(release: Path, tmp_path: Path):
+def test_local_pretraining_loss_falls_and_keeps_the_best_checkpoint(release: Path, tmp_path: Path):
     model_config = ModelConfig.from_preprocessing(PREPROCESSING, architecture="test_resnet")
     training = TrainingConfig(lr=3e-3, epochs=5, batch_size=16, patience=5, seed=0,
                               augmentation=AugmentationConfig(crop_scale=(0.9, 1.0)))
-    out = pretrain_local(release, release / "votes.parquet", tmp_path / "ckpt", model_config, training, PREPROCESSING)
+    out = pretrain(release, release / "votes.parquet", tmp_path / "ckpt", model_config, training, PREPROCESSING)
 
     meta = read_checkpoint_json(out)
     history = meta["metrics"]["history"]
@@ -56,41 +63,43 @@ def test_pretrain_local_loss_falls_and_keeps_the_best_checkpoint(release: Path, 
     val_losses = [h["val_loss"] for h in history]
     assert meta["metrics"]["best_val_loss"] == min(val_losses)
     assert meta["metrics"]["best_epoch"] == int(np.argmin(val_losses))
-    assert meta["metrics"]["n_train"] + meta["metrics"]["n_val"] <= 60
+    assert meta["metrics"]["n_train"] + meta["metrics"]["n_val"] <= 60 and meta["metrics"]["world_size"] == 1
+    assert meta["kind"] == "pretrained" and not list(tmp_path.glob(".state-*"))
 
     model = load_checkpoint(out)
     data = load_labelled_images(release, release / "votes.parquet", model.schema, PREPROCESSING)
     val = data.subset(validation_mask(data.ids, training.val_fraction, training.seed))
-    loss = evaluate(model, DataLoader(GalaxyDataset(val), batch_size=16), model.schema)
+    loss = evaluate(model, DataLoader(GalaxyDataset(val), batch_size=16), schema_loss(model.schema))
     assert loss == pytest.approx(meta["metrics"]["best_val_loss"], rel=1e-5)
 
 
-def test_pretrain_local_rejects_mismatched_input(release: Path, tmp_path: Path):
+def test_pretraining_rejects_mismatched_input_before_any_work(release: Path, tmp_path: Path):
     model_config = ModelConfig(architecture="test_resnet", input_size=64)
     with pytest.raises(ValueError, match="preprocessing gives"):
-        pretrain_local(release, release / "votes.parquet", tmp_path / "ckpt", model_config, TrainingConfig(),
-                       PREPROCESSING)
+        pretrain(release, release / "votes.parquet", tmp_path / "ckpt", model_config, TrainingConfig(), PREPROCESSING)
+    assert not (tmp_path / "ckpt").exists()
 
 
-def test_fit_stops_early_and_keeps_the_best_not_the_last(tmp_path: Path, monkeypatch):
+def test_training_stops_early_and_keeps_the_best_not_the_last(tmp_path: Path, monkeypatch):
     torch.manual_seed(0)
     model = build_model(ModelConfig.from_preprocessing(PREPROCESSING, architecture="test_resnet"))
     n_answers = model.schema.n_answers
     rng = np.random.default_rng(0)
-    data = LabelledImages([str(i) for i in range(8)], rng.random((8, 3, 32, 32), dtype=np.float32),
-                          rng.integers(0, 10, (8, n_answers)), 0, 0)
-    loader = DataLoader(GalaxyDataset(data), batch_size=4)
+    data = LabelledImages([str(i) for i in range(16)], rng.random((16, 3, 32, 32), dtype=np.float32),
+                          rng.integers(0, 10, (16, n_answers)), 0, 0)
+    task = TrainingTask(model, data, schema_loss(model.schema), None, {})
     scripted = iter([3.0, 1.0, 2.0, 4.0, 5.0, 6.0])
     states = []
 
-    def fake_evaluate(model, loader, schema, device=None):
+    def fake_loss_sum(model, loader, loss_fn, device=None):
         states.append(copy.deepcopy(model.state_dict()))
-        return next(scripted)
+        return next(scripted), 1
 
-    monkeypatch.setattr(train, "evaluate", fake_evaluate)
-    history = train.fit(model, loader, loader, TrainingConfig(epochs=6, patience=2, augmentation=None),
-                        tmp_path / "ckpt", PREPROCESSING)
-    assert [h["val_loss"] for h in history] == [3.0, 1.0, 2.0, 4.0]
+    monkeypatch.setattr(loop, "loss_sum", fake_loss_sum)
+    config = TrainingConfig(epochs=6, patience=2, batch_size=4, val_fraction=0.5, augmentation=None)
+    session = loop.LocalSession(tmp_path / "ckpt", torch.device("cpu"))
+    summary = loop.train_task(task, config, PREPROCESSING, session)
+    assert [h["val_loss"] for h in summary["history"]] == [3.0, 1.0, 2.0, 4.0]
     meta = read_checkpoint_json(tmp_path / "ckpt")
     assert meta["metrics"]["best_epoch"] == 1 and meta["metrics"]["best_val_loss"] == 1.0
     loaded = load_checkpoint(tmp_path / "ckpt")

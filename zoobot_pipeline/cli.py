@@ -183,3 +183,126 @@ def demo(
     from zoobot_pipeline.demo import run_demo
 
     run_demo(out, galaxies, tiles, seed, console=console)
+
+
+Epochs = Annotated[int, typer.Option(help="Maximum epochs (early stopping on validation loss may end sooner).")]
+BatchSize = Annotated[int, typer.Option(help="Galaxies per batch (per worker).")]
+LearningRate = Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW).")]
+Patience = Annotated[int, typer.Option(help="Epochs without validation improvement before stopping.")]
+Seed = Annotated[int, typer.Option(help="Random seed (split, initialisation, augmentation).")]
+Workers = Annotated[int, typer.Option(help="Ray Train workers; 1 without --ray-address trains in this process.")]
+GpusPerWorker = Annotated[float, typer.Option(help="GPUs per worker (0: CPU training).")]
+CpusPerWorker = Annotated[float, typer.Option(help="CPUs reserved per Ray worker.")]
+RayAddress = Annotated[str | None, typer.Option(help="Join a running Ray cluster (e.g. ray://head:10001 or auto).")]
+MaxFailures = Annotated[int, typer.Option(help="Worker failures Ray Train recovers from (resuming a checkpoint).")]
+ResumeFrom = Annotated[Path | None, typer.Option(help="A Ray training-state checkpoint of an earlier run.")]
+Quiet = Annotated[bool, typer.Option("--quiet/--progress", help="Hide or show per-epoch progress.")]
+
+
+def _training_config(epochs: int, batch_size: int, lr: float, patience: int, seed: int) -> Any:
+    from zoobot_pipeline.models import TrainingConfig
+
+    return TrainingConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed)
+
+
+def _preprocessing(preset: str, input_size: int) -> Any:
+    from zoobot_pipeline.data.preprocessing import PreprocessingConfig
+
+    if preset.endswith(".json"):
+        return PreprocessingConfig.model_validate_json(Path(preset).read_text())
+    presets = {"gz_decals": PreprocessingConfig.gz_decals, "euclid": PreprocessingConfig.euclid}
+    if preset not in presets:
+        raise ValueError(f"unknown preprocessing {preset!r}: use {', '.join(presets)} or a JSON file")
+    return presets[preset](input_size=input_size)
+
+
+@app.command()
+@_user_errors
+def pretrain(
+    release: Annotated[Path, typer.Option(help="Release directory with the images.")],
+    out: Annotated[Path, typer.Option(help="Checkpoint directory to write (the best epoch).")],
+    votes: Annotated[Path | None, typer.Option(help="Votes catalogue (default: RELEASE/votes.parquet).")] = None,
+    schema: Annotated[str, typer.Option(help="Decision tree of the votes (built-in name or YAML).")] = "decals_dr5",
+    architecture: Annotated[str, typer.Option(help="Any timm architecture name.")] = "efficientnet_b0",
+    input_size: Annotated[int, typer.Option(help="Model input size in pixels.")] = 224,
+    preprocessing: Annotated[str, typer.Option(help="gz_decals, euclid, or a PreprocessingConfig JSON.")]
+    = "gz_decals",
+    epochs: Epochs = 50,
+    batch_size: BatchSize = 64,
+    lr: LearningRate = 1e-3,
+    patience: Patience = 8,
+    seed: Seed = 0,
+    workers: Workers = 1,
+    gpus_per_worker: GpusPerWorker = 0.0,
+    cpus_per_worker: CpusPerWorker = 1.0,
+    ray_address: RayAddress = None,
+    max_failures: MaxFailures = 2,
+    resume_from: ResumeFrom = None,
+    quiet: Quiet = False,
+) -> None:
+    """Pretrain a Zoobot-style model on volunteer vote counts (Dirichlet-Multinomial loss), locally or on Ray Train."""
+    from zoobot_pipeline import models
+
+    config = _preprocessing(preprocessing, input_size)
+    model_config = models.ModelConfig.from_preprocessing(config, architecture=architecture, schema_name=schema)
+    path = models.pretrain(release, votes or release / "votes.parquet", out, model_config,
+                           _training_config(epochs, batch_size, lr, patience, seed), config, workers=workers,
+                           gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, ray_address=ray_address,
+                           max_failures=max_failures, resume_from=resume_from, quiet=quiet)
+    console.print(f"best checkpoint: {path}")
+
+
+class FinetuneTask(StrEnum):
+    classification = "classification"
+    regression = "regression"
+    dirichlet = "dirichlet"
+
+
+@app.command()
+@_user_errors
+def finetune(
+    release: Annotated[Path, typer.Option(help="Release directory with the images.")],
+    labels: Annotated[Path, typer.Option(help="CSV or Parquet with id_str and the label columns.")],
+    out: Annotated[Path, typer.Option(help="Checkpoint directory to write (the best epoch).")],
+    task: Annotated[FinetuneTask, typer.Option(help="classification, regression or dirichlet (a new tree).")],
+    checkpoint: Annotated[Path | None, typer.Option(help="Pretrained checkpoint (omit with --from-scratch).")] = None,
+    label_column: Annotated[list[str] | None, typer.Option(help="Label column (repeatable).")] = None,
+    schema: Annotated[str | None, typer.Option(help="For --task dirichlet: the new tree (name or YAML).")] = None,
+    n_blocks: Annotated[str, typer.Option(help="Encoder blocks to unfreeze from the top (0 = frozen, or 'all').")]
+    = "0",
+    lr_decay: Annotated[float, typer.Option(help="Layer-wise LR decay per block from the top.")] = 0.75,
+    from_scratch: Annotated[bool, typer.Option(help="Train the same head on a random encoder (baseline).")] = False,
+    architecture: Annotated[str, typer.Option(help="With --from-scratch: the timm architecture.")]
+    = "efficientnet_b0",
+    input_size: Annotated[int, typer.Option(help="With --from-scratch: input size in pixels.")] = 224,
+    epochs: Epochs = 30,
+    batch_size: BatchSize = 32,
+    lr: LearningRate = 1e-3,
+    patience: Patience = 5,
+    seed: Seed = 0,
+    workers: Workers = 1,
+    gpus_per_worker: GpusPerWorker = 0.0,
+    cpus_per_worker: CpusPerWorker = 1.0,
+    ray_address: RayAddress = None,
+    max_failures: MaxFailures = 2,
+    resume_from: ResumeFrom = None,
+    quiet: Quiet = False,
+) -> None:
+    """Finetune a pretrained model on a few labels: a classifier, a regressor, or a new decision tree."""
+    from zoobot_pipeline import models
+
+    if (checkpoint is None) != from_scratch:
+        raise ValueError("give --checkpoint, or --from-scratch for the random-encoder baseline (not both)")
+    config = models.FinetuneConfig(task=task.value, label_columns=tuple(label_column or ()), schema_name=schema,
+                                   n_blocks="all" if n_blocks == "all" else int(n_blocks), lr_decay=lr_decay)
+    model_config = None
+    preprocessing = None
+    if from_scratch:
+        preprocessing = _preprocessing("gz_decals", input_size)
+        model_config = models.ModelConfig.from_preprocessing(preprocessing, architecture=architecture)
+    path = models.finetune(checkpoint, release, labels, out, config,
+                           _training_config(epochs, batch_size, lr, patience, seed), model_config=model_config,
+                           preprocessing=preprocessing, workers=workers, gpus_per_worker=gpus_per_worker,
+                           cpus_per_worker=cpus_per_worker, ray_address=ray_address, max_failures=max_failures,
+                           resume_from=resume_from, quiet=quiet)
+    console.print(f"best checkpoint: {path}")

@@ -1,8 +1,10 @@
 """Checkpoints that never unpickle: weights in safetensors, everything else in ``checkpoint.json``.
 
-A checkpoint directory holds ``model.safetensors`` and ``checkpoint.json`` (model config, schema tree and label
-columns, preprocessing, training config, metrics, framework versions and the weights' sha256). It is written into a
-temporary directory beside the destination and renamed into place, so readers see a whole checkpoint or none.
+A checkpoint directory holds ``model.safetensors`` and ``checkpoint.json`` (kind, model config, schema tree and label
+columns, preprocessing, training config, metrics, framework versions and the weights' sha256). Kind ``"pretrained"``
+is a :class:`ZoobotModel`; kind ``"finetuned"`` a :class:`FinetuneModel`, whose JSON adds the finetuning config, the
+class names and (for a new decision tree) its schema, with ``"model"`` describing the encoder's architecture. It is
+written into a temporary directory beside the destination and renamed into place, so readers see all of it or none.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from safetensors.torch import load_file, save_file
 
 from zoobot_pipeline import __version__
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
-from zoobot_pipeline.models import CHECKPOINT_JSON, ModelConfig, TrainingConfig, read_checkpoint_json
-from zoobot_pipeline.models.torch.model import ZoobotModel
+from zoobot_pipeline.models import CHECKPOINT_JSON, FinetuneConfig, ModelConfig, TrainingConfig, read_checkpoint_json
+from zoobot_pipeline.models.torch.finetune import FinetuneModel, finetune_head
+from zoobot_pipeline.models.torch.model import ZoobotModel, create_backbone
 from zoobot_pipeline.schemas import schema_from_dict
 
 __all__ = ["CHECKPOINT_FORMAT", "WEIGHTS_FILE", "load_checkpoint", "save_checkpoint"]
@@ -52,9 +55,20 @@ def _replace_directory(tmp: Path, destination: Path) -> None:
     shutil.rmtree(old)
 
 
-def save_checkpoint(model: ZoobotModel, directory: str | Path, preprocessing: PreprocessingConfig,
+def _model_meta(model: ZoobotModel | FinetuneModel) -> dict[str, Any]:
+    if isinstance(model, FinetuneModel):
+        return {"kind": "finetuned", "model": model.base_config.model_dump(mode="json"),
+                "finetune": model.config.model_dump(mode="json"),
+                "class_names": list(model.class_names) if model.class_names is not None else None,
+                "schema": model.schema.to_dict() if model.schema is not None else None,
+                "label_cols": list(model.output_names)}
+    return {"kind": "pretrained", "model": model.config.model_dump(mode="json"), "schema": model.schema.to_dict(),
+            "label_cols": model.schema.label_cols}
+
+
+def save_checkpoint(model: ZoobotModel | FinetuneModel, directory: str | Path, preprocessing: PreprocessingConfig,
                     training_config: TrainingConfig | None = None, metrics: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` and its metadata to the checkpoint ``directory`` atomically; returns the directory."""
+    """Write ``model`` (pretrained or finetuned) and its metadata to ``directory`` atomically; returns the directory."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{directory.name}.", dir=directory.parent))
@@ -64,9 +78,7 @@ def save_checkpoint(model: ZoobotModel, directory: str | Path, preprocessing: Pr
         meta = {
             "format": CHECKPOINT_FORMAT,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "model": model.config.model_dump(mode="json"),
-            "schema": model.schema.to_dict(),
-            "label_cols": model.schema.label_cols,
+            **_model_meta(model),
             "preprocessing": preprocessing.model_dump(mode="json"),
             "training": training_config.model_dump(mode="json") if training_config is not None else None,
             "metrics": metrics or {},
@@ -86,10 +98,11 @@ def save_checkpoint(model: ZoobotModel, directory: str | Path, preprocessing: Pr
     return directory
 
 
-def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> ZoobotModel:
+def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> ZoobotModel | FinetuneModel:
     """Rebuild the model described by ``checkpoint.json`` and load its safetensors weights; returns it in eval mode.
 
-    The weights' sha256 is checked against the JSON before loading.
+    A ``"pretrained"`` checkpoint gives a :class:`ZoobotModel`, a ``"finetuned"`` one a :class:`FinetuneModel`. The
+    weights' sha256 is checked against the JSON before loading.
     """
     directory = Path(directory)
     meta = read_checkpoint_json(directory)
@@ -98,7 +111,16 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
     weights_path = directory / meta["weights"]["file"]
     if _sha256(weights_path) != meta["weights"]["sha256"]:
         raise ValueError(f"{weights_path}: sha256 does not match {CHECKPOINT_JSON}")
-    schema = schema_from_dict(meta["schema"], source=str(directory / CHECKPOINT_JSON))
-    model = ZoobotModel(ModelConfig.model_validate(meta["model"]), schema)
+    source = str(directory / CHECKPOINT_JSON)
+    schema = schema_from_dict(meta["schema"], source=source) if meta["schema"] is not None else None
+    config = ModelConfig.model_validate(meta["model"])
+    model: ZoobotModel | FinetuneModel
+    if meta.get("kind", "pretrained") == "finetuned":
+        finetune_config = FinetuneConfig.model_validate(meta["finetune"])
+        encoder = create_backbone(config)
+        head = finetune_head(finetune_config, encoder.num_features, schema, meta["class_names"])
+        model = FinetuneModel(encoder, head, finetune_config, config, schema, meta["class_names"])
+    else:
+        model = ZoobotModel(config, schema)
     model.load_state_dict(load_file(str(weights_path), device=str(map_location)))
     return model.eval()

@@ -1,4 +1,4 @@
-"""Training data: voted galaxies of a release, cut and preprocessed once into memory, served as torch views.
+"""Training data: labelled galaxies of a release, cut and preprocessed once into memory, served as torch views.
 
 Cutouts come from ``release_cutouts`` and go through the shared ``preprocess``, so training sees exactly what scoring
 will; rejected cutouts (off the tile or mostly empty) are left out. Augmented views are seeded per
@@ -24,23 +24,24 @@ from zoobot_pipeline.models import AugmentationConfig
 from zoobot_pipeline.models.torch.augment import augment
 from zoobot_pipeline.schemas import Schema
 
-__all__ = ["GalaxyDataset", "LabelledImages", "load_labelled_images", "validation_mask"]
+__all__ = ["GalaxyDataset", "LabelledImages", "load_images", "load_labelled_images", "validation_mask"]
 
 
 @dataclass(frozen=True)
 class LabelledImages:
-    """Preprocessed images ``(n, C, S, S)`` float32 with their vote counts ``(n, n_answers)`` int64."""
+    """Preprocessed images ``(n, C, S, S)`` float32 with their targets: vote counts ``(n, n_answers)`` int64 for
+    pretraining, or finetuning labels (class indices ``(n,)``, regression values ``(n, k)``, vote counts)."""
 
     ids: list[str]
     images: np.ndarray
-    votes: np.ndarray
+    targets: np.ndarray
     n_rejected: int
     n_missing: int
 
     def subset(self, mask: np.ndarray) -> LabelledImages:
         """The rows where ``mask`` is true."""
         ids = [i for i, keep in zip(self.ids, mask, strict=True) if keep]
-        return LabelledImages(ids, self.images[mask], self.votes[mask], self.n_rejected, self.n_missing)
+        return LabelledImages(ids, self.images[mask], self.targets[mask], self.n_rejected, self.n_missing)
 
 
 def load_labelled_images(release_dir: str | Path, votes_path: str | Path, schema: Schema,
@@ -48,10 +49,16 @@ def load_labelled_images(release_dir: str | Path, votes_path: str | Path, schema
     """Cut and preprocess every galaxy with votes; ``n_rejected`` counts rejected cutouts, ``n_missing`` voted ids
     absent from the release."""
     votes = read_votes(votes_path, schema)
-    counts = vote_matrix(votes, schema)
-    row_of = {id_str: row for row, id_str in enumerate(votes.column("id_str").to_pylist())}
+    return load_images(release_dir, votes.column("id_str").to_pylist(), vote_matrix(votes, schema), preprocessing,
+                       sizing)
+
+
+def load_images(release_dir: str | Path, ids: Sequence[str], targets: np.ndarray, preprocessing: PreprocessingConfig,
+                sizing: CutoutSizing | None = None) -> LabelledImages:
+    """Cut and preprocess the galaxies ``ids`` (row ``i`` of ``targets`` belongs to ``ids[i]``), in release order."""
+    row_of = {id_str: row for row, id_str in enumerate(ids)}
     release = Release.open(release_dir)
-    ids: list[str] = []
+    kept: list[str] = []
     images: list[np.ndarray] = []
     rows: list[int] = []
     seen = 0
@@ -59,13 +66,12 @@ def load_labelled_images(release_dir: str | Path, votes_path: str | Path, schema
         seen += 1
         if cut.rejected:
             continue
-        ids.append(id_str)
+        kept.append(id_str)
         images.append(preprocess(cut.data, preprocessing, bands=release.bands))
         rows.append(row_of[id_str])
     shape = (0, preprocessing.n_channels, preprocessing.input_size, preprocessing.input_size)
     stacked = np.stack(images) if images else np.zeros(shape, dtype=np.float32)
-    return LabelledImages(ids, stacked, counts[rows].reshape(len(rows), schema.n_answers), seen - len(ids),
-                          len(row_of) - seen)
+    return LabelledImages(kept, stacked, targets[rows], seen - len(kept), len(row_of) - seen)
 
 
 def validation_mask(ids: Sequence[str], val_fraction: float, seed: int = 0) -> np.ndarray:
@@ -78,11 +84,13 @@ def validation_mask(ids: Sequence[str], val_fraction: float, seed: int = 0) -> n
 
 
 class GalaxyDataset(Dataset):
-    """``(image, votes)`` pairs as float32 tensors, with seeded augmented views when ``augmentation`` is given."""
+    """``(image, target)`` pairs as float32 tensors (class indices stay int64), with seeded augmented views when
+    ``augmentation`` is given."""
 
     def __init__(self, data: LabelledImages, augmentation: AugmentationConfig | None = None, seed: int = 0) -> None:
         self.images = torch.from_numpy(np.ascontiguousarray(data.images, dtype=np.float32))
-        self.votes = torch.from_numpy(data.votes.astype(np.float32))
+        targets = data.targets if data.targets.ndim == 1 else data.targets.astype(np.float32)
+        self.targets = torch.from_numpy(np.ascontiguousarray(targets))
         self.augmentation = augmentation
         self.seed = seed
         self.epoch = 0
@@ -100,4 +108,4 @@ class GalaxyDataset(Dataset):
             state = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(2, dtype=np.uint32)
             generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
             image = augment(image, self.augmentation, generator)
-        return image, self.votes[index]
+        return image, self.targets[index]

@@ -7,8 +7,8 @@ block ``i`` from the top (``i = 0, 1, ...``) at ``lr * lr_decay ** i``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -17,14 +17,15 @@ from timm.models.efficientnet import EfficientNet
 from timm.models.resnet import ResNet
 from torch import nn
 
-from zoobot_pipeline.models.torch.checkpoint import load_checkpoint
+from zoobot_pipeline.models import FinetuneConfig, ModelConfig
+from zoobot_pipeline.models import FinetuneTask as Task
+from zoobot_pipeline.models.labels import finetune_schema
 from zoobot_pipeline.models.torch.loss import dirichlet_multinomial_loss
-from zoobot_pipeline.models.torch.model import DirichletHead
+from zoobot_pipeline.models.torch.model import DirichletHead, ZoobotModel, create_backbone
 from zoobot_pipeline.schemas import Schema
 
-__all__ = ["FinetuneModel", "Task", "build_finetune_model", "encoder_blocks", "finetune_loss", "finetune_param_groups"]
-
-Task = Literal["classification", "regression", "dirichlet"]
+__all__ = ["FinetuneModel", "Task", "build_finetune_model", "encoder_blocks", "finetune_head", "finetune_loss",
+           "finetune_param_groups"]
 
 
 def encoder_blocks(backbone: nn.Module) -> list[nn.Module]:
@@ -41,22 +42,43 @@ def encoder_blocks(backbone: nn.Module) -> list[nn.Module]:
 
 
 class FinetuneModel(nn.Module):
-    """A pretrained encoder with a new head; ``forward`` gives logits, regression values or concentrations."""
+    """An encoder with a new head; ``forward`` gives class logits, regression values or Dirichlet concentrations.
 
-    def __init__(self, encoder: nn.Module, head: nn.Module, task: Task, n_blocks: int,
-                 schema: Schema | None = None) -> None:
+    ``base_config`` describes the encoder (so a checkpoint can rebuild it), ``config`` the task; ``class_names`` are
+    the classes of a classification head, in logit order.
+    """
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, config: FinetuneConfig, base_config: ModelConfig,
+                 schema: Schema | None = None, class_names: Sequence[str] | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = head
-        self.task = task
+        self.config = config
+        self.base_config = base_config
         self.schema = schema
+        self.class_names = tuple(class_names) if class_names is not None else None
         blocks = encoder_blocks(encoder)
+        n_blocks = len(blocks) if config.n_blocks == "all" else config.n_blocks
         if not 0 <= n_blocks <= len(blocks):
             raise ValueError(f"n_blocks must be within [0, {len(blocks)}] for {type(encoder).__name__}")
         self.n_blocks = n_blocks
         self.encoder.requires_grad_(False)
         for block in blocks[:n_blocks]:
             block.requires_grad_(True)
+
+    @property
+    def task(self) -> Task:
+        """The finetuning task."""
+        return self.config.task
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """One name per output: the classes, the regression columns, or the tree's label columns."""
+        if self.class_names is not None:
+            return self.class_names
+        if self.schema is not None:
+            return tuple(self.schema.label_cols)
+        return tuple(self.config.label_columns)
 
     def trainable_blocks(self) -> list[nn.Module]:
         """The unfrozen encoder blocks, top first."""
@@ -75,27 +97,43 @@ class FinetuneModel(nn.Module):
         return self.head(self.encoder(x))
 
 
-def build_finetune_model(checkpoint_dir: str | Path, task: Task, n_outputs: int | None = None,
-                         schema: Schema | None = None, n_blocks: int = 0,
-                         dropout_rate: float = 0.2) -> FinetuneModel:
-    """A pretrained checkpoint's encoder with a new head.
-
-    ``classification``: ``n_outputs`` classes (2 for binary), cross-entropy on logits. ``regression``: ``n_outputs``
-    targets, MSE. ``dirichlet``: a Dirichlet head over ``schema``'s answers, Dirichlet-Multinomial loss.
-    """
-    encoder = load_checkpoint(checkpoint_dir).backbone
-    n_features = encoder.num_features
-    if task == "dirichlet":
+def finetune_head(config: FinetuneConfig, n_features: int, schema: Schema | None = None,
+                  class_names: Sequence[str] | None = None) -> nn.Module:
+    """The new head: a Dirichlet head over ``schema``'s answers, or dropout + linear to one output per class or
+    regression column."""
+    if config.task == "dirichlet":
         if schema is None:
             raise ValueError("task 'dirichlet' needs the new decision tree (schema)")
-        head: nn.Module = DirichletHead(n_features, schema.n_answers, dropout_rate)
-    elif task in ("classification", "regression"):
-        if n_outputs is None or n_outputs < 1 or (task == "classification" and n_outputs < 2):
-            raise ValueError(f"task {task!r} needs n_outputs (classes >= 2, or regression targets >= 1)")
-        head = nn.Sequential(nn.Dropout(dropout_rate), nn.Linear(n_features, n_outputs))
+        return DirichletHead(n_features, schema.n_answers, config.dropout_rate)
+    if config.task == "classification":
+        if class_names is None or len(class_names) < 2:
+            raise ValueError(f"task 'classification' needs at least 2 class names, got {class_names}")
+        n_outputs = len(class_names)
     else:
-        raise ValueError(f"unknown task {task!r}; use 'classification', 'regression' or 'dirichlet'")
-    return FinetuneModel(encoder, head, task, n_blocks, schema)
+        n_outputs = len(config.label_columns)
+    return nn.Sequential(nn.Dropout(config.dropout_rate), nn.Linear(n_features, n_outputs))
+
+
+def build_finetune_model(base: str | Path | ModelConfig, config: FinetuneConfig,
+                         class_names: Sequence[str] | None = None) -> FinetuneModel:
+    """A new head on a pretrained checkpoint's encoder (``base`` a checkpoint directory), or on a randomly
+    initialised encoder (``base`` a :class:`ModelConfig`, for from-scratch baselines).
+
+    ``classification`` needs ``class_names`` (2 or more; cross-entropy on logits); ``regression`` has one output per
+    label column (MSE); ``dirichlet`` a Dirichlet head over ``config.schema_name``'s answers.
+    """
+    if isinstance(base, ModelConfig):
+        encoder, base_config = create_backbone(base), base
+    else:
+        from zoobot_pipeline.models.torch.checkpoint import load_checkpoint  # checkpoint.py imports this module
+
+        pretrained = load_checkpoint(base)
+        if not isinstance(pretrained, ZoobotModel):
+            raise ValueError(f"{base}: finetuning starts from a pretrained checkpoint, not a finetuned one")
+        encoder, base_config = pretrained.backbone, pretrained.config
+    schema = finetune_schema(config)
+    head = finetune_head(config, encoder.num_features, schema, class_names)
+    return FinetuneModel(encoder, head, config, base_config, schema, class_names)
 
 
 def finetune_param_groups(model: FinetuneModel, lr: float, lr_decay: float = 0.75,

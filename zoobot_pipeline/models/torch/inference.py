@@ -1,0 +1,95 @@
+"""Predictions and evaluation of trained checkpoints on a release's galaxies, in this process.
+
+Images go through the checkpoint's own preprocessing; rejected cutouts get no row. This is for checks and benchmarks
+on thousands of galaxies; scoring whole releases goes through the ONNX package and ``zoobot_pipeline.scoring``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch.utils.data import DataLoader
+
+from zoobot_pipeline.data.preprocessing import PreprocessingConfig
+from zoobot_pipeline.data.release import Release
+from zoobot_pipeline.models import read_checkpoint_json
+from zoobot_pipeline.models.labels import read_finetune_labels
+from zoobot_pipeline.models.torch.checkpoint import load_checkpoint
+from zoobot_pipeline.models.torch.data import GalaxyDataset, LabelledImages, load_images
+from zoobot_pipeline.models.torch.finetune import FinetuneModel, finetune_loss
+from zoobot_pipeline.models.torch.model import ZoobotModel
+from zoobot_pipeline.schemas import Schema
+from zoobot_pipeline.stats import expected_fractions
+
+__all__ = ["evaluate_checkpoint", "predict_checkpoint"]
+
+
+@torch.no_grad()
+def _outputs(model: torch.nn.Module, data: LabelledImages, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    model.eval()
+    outputs, targets = [], []
+    for images, target in DataLoader(GalaxyDataset(data), batch_size=batch_size):
+        outputs.append(model(images))
+        targets.append(target)
+    if not outputs:
+        raise ValueError("no usable cutouts among the requested galaxies")
+    return torch.cat(outputs), torch.cat(targets)
+
+
+def _tree_columns(concentrations: np.ndarray, schema: Schema) -> dict[str, np.ndarray]:
+    """``{label}_fraction`` (expected vote fraction) and ``{label}_concentration`` for every answer."""
+    fractions = expected_fractions(concentrations, schema)
+    columns = {}
+    for i, label in enumerate(schema.label_cols):
+        columns[f"{label}_fraction"] = fractions[:, i]
+        columns[f"{label}_concentration"] = concentrations[:, i]
+    return columns
+
+
+def predict_checkpoint(checkpoint_dir: str | Path, release_dir: str | Path, ids: Sequence[str] | None = None,
+                       batch_size: int = 64) -> pa.Table:
+    """See :func:`zoobot_pipeline.models.predict`."""
+    model = load_checkpoint(checkpoint_dir)
+    preprocessing = PreprocessingConfig.model_validate(read_checkpoint_json(checkpoint_dir)["preprocessing"])
+    known = Release.open(release_dir).sources.column("id_str").cast(pa.string()).to_pylist()
+    if ids is None:
+        ids = known
+    missing = sorted(set(ids) - set(known))
+    if missing:
+        raise ValueError(f"{release_dir}: {len(missing)} requested id_str not in the release, e.g. {missing[:5]}")
+    data = load_images(release_dir, list(ids), np.zeros(len(ids), dtype=np.int64), preprocessing)
+    outputs = _outputs(model, data, batch_size)[0].numpy()
+    columns: dict[str, np.ndarray | list[str]] = {"id_str": data.ids}
+    if isinstance(model, FinetuneModel) and model.task == "classification":
+        probabilities = torch.softmax(torch.from_numpy(outputs), dim=1).numpy()
+        columns["predicted"] = [model.class_names[i] for i in probabilities.argmax(axis=1)]
+        columns.update({f"p_{name}": probabilities[:, i] for i, name in enumerate(model.class_names)})
+    elif isinstance(model, FinetuneModel) and model.task == "regression":
+        columns.update({name: outputs[:, i] for i, name in enumerate(model.output_names)})
+    else:
+        columns.update(_tree_columns(outputs, model.schema))
+    return pa.table(columns)
+
+
+def evaluate_checkpoint(checkpoint_dir: str | Path, release_dir: str | Path, labels_path: str | Path,
+                        ids: Sequence[str] | None = None, batch_size: int = 64) -> dict[str, float]:
+    """See :func:`zoobot_pipeline.models.evaluate`."""
+    model: ZoobotModel | FinetuneModel = load_checkpoint(checkpoint_dir)
+    if not isinstance(model, FinetuneModel):
+        raise ValueError(f"{checkpoint_dir}: evaluate needs a finetuned checkpoint")
+    preprocessing = PreprocessingConfig.model_validate(read_checkpoint_json(checkpoint_dir)["preprocessing"])
+    labels = read_finetune_labels(labels_path, model.config, model.class_names)
+    if ids is not None:
+        labels = labels.select(ids)
+    data = load_images(release_dir, labels.ids, labels.targets, preprocessing)
+    outputs, targets = _outputs(model, data, batch_size)
+    metrics = {"n": float(len(data.ids)), "loss": float(finetune_loss(model, outputs, targets))}
+    if model.task == "classification":
+        metrics["accuracy"] = float((outputs.argmax(dim=1) == targets).double().mean())
+    elif model.task == "regression":
+        metrics["rmse"] = float(torch.sqrt(torch.mean((outputs - targets.reshape(outputs.shape)) ** 2)))
+    return metrics
