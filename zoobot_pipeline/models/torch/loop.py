@@ -133,7 +133,7 @@ def train_task(task: TrainingTask, config: TrainingConfig, preprocessing: Prepro
     "val_loss", "lr"}`` per epoch, including restored ones).
     """
     train_loader, val_loader, sampler, train_set = _loaders(task, config, session)
-    model = task.model.to(session.device)
+    model = task.model.to(session.device, memory_format=torch.channels_last)
     optimizer = make_optimizer(model, config, task.param_groups)
     scheduler = make_scheduler(optimizer, config, len(train_loader))
     with session.restored() as state_dir:

