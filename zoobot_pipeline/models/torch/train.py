@@ -2,7 +2,8 @@
 
 Images go to the device in channels_last layout (1.5x faster training on CPU and 1.2x on an H100 for
 efficientnet_b0, benchmarks/training_throughput.py). Nothing here is process-global: a local run and each Ray Train
-worker call the same functions on their own loader (a worker's shard), and ``loss_sum`` returns sums so that workers can add theirs before dividing.
+worker call the same functions on their own loader (a worker's shard), and ``loss_sum`` returns sums so that
+workers can add theirs before dividing.
 """
 
 from __future__ import annotations
