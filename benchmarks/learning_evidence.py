@@ -1,14 +1,14 @@
 """Evidence that the models learn, on a simulated release with known truth.
 
-Run: .venv/bin/python benchmarks/learning_evidence.py [--galaxies 3000] [--size 64] [--architecture efficientnet_b0]
+Run: .venv/bin/python benchmarks/learning_evidence.py [--galaxies 3000] [--size 64] [--architecture resnet18]
 
 1. Pretrain on the volunteer votes of 80% of the labelled galaxies; on the other 20% compare the test NLL (summed over
    questions, mean over galaxies) with the best constant baseline: population-mean vote fractions with a maximum-
    likelihood total concentration per question. Also smooth-vs-featured accuracy on galaxies whose true answer is
    clear (true probability of smooth or of featured >= 0.7), against the majority-class rate.
-2. Finetune on a few hundred labels of a new binary task from truth.parquet (barred or not, among face-on featured
-   galaxies) from the pretrained encoder, and train the same architecture from scratch on the same labels; compare
-   accuracy on held-out galaxies.
+2. Finetune on a few hundred labels of a new binary task from truth.parquet (``--finetune-task``: barred, spiral,
+   edge_on or merger) from the pretrained encoder, and train the same architecture from scratch on the same labels;
+   compare accuracy on held-out galaxies.
 Prints every figure; writes nothing outside --work.
 """
 
@@ -56,6 +56,29 @@ def _constant_baseline(train_votes: np.ndarray, schema: Schema) -> np.ndarray:
     return alpha
 
 
+BINARY_TASKS = {
+    "barred": "strong or weak bar, among face-on featured galaxies",
+    "spiral": "spiral arms, among face-on featured galaxies",
+    "edge_on": "edge-on disc, among featured and edge-on galaxies",
+    "merger": "merger, among all galaxies (not stars or artifacts)",
+}
+
+
+def _binary_task(truth: pa.Table, name: str) -> tuple[list[str], np.ndarray]:
+    """Ids and boolean labels of a binary task defined on the simulation's truth (see ``BINARY_TASKS``)."""
+    kind = truth["kind"].to_numpy(zero_copy_only=False)
+    ids = truth["id_str"].to_numpy(zero_copy_only=False)
+    if name == "barred":
+        keep, positive = kind == "featured", truth["bar"].to_numpy(zero_copy_only=False) != "none"
+    elif name == "spiral":
+        keep, positive = kind == "featured", truth["n_arms"].to_numpy() > 0
+    elif name == "edge_on":
+        keep, positive = np.isin(kind, ["featured", "edge_on"]), kind == "edge_on"
+    else:
+        keep, positive = ~np.isin(kind, ["star", "artifact"]), kind == "merger"
+    return ids[keep].tolist(), positive[keep]
+
+
 def _write_subset(table: pa.Table, ids: list[str], path: Path) -> Path:
     pq.write_table(table.filter(pc.is_in(table["id_str"], value_set=pa.array(ids))), path)
     return path
@@ -66,9 +89,13 @@ def main() -> None:
     parser.add_argument("--galaxies", type=int, default=3000)
     parser.add_argument("--tiles", type=int, default=4)
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--architecture", default="efficientnet_b0")
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--architecture", default="resnet18",
+                        help="resnet18 learns these 1.5k 64-px images from scratch far better than efficientnet_b0")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--patience", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--finetune-labels", type=int, default=300)
+    parser.add_argument("--finetune-task", choices=sorted(BINARY_TASKS), default="edge_on")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=None, help="folder for the release and checkpoints")
     args = parser.parse_args()
@@ -86,7 +113,8 @@ def main() -> None:
 
     preprocessing = PreprocessingConfig.gz_decals(input_size=args.size)
     model_config = models.ModelConfig.from_preprocessing(preprocessing, architecture=args.architecture)
-    training = models.TrainingConfig(epochs=args.epochs, batch_size=64, lr=2e-3, patience=4, seed=args.seed)
+    training = models.TrainingConfig(epochs=args.epochs, batch_size=64, lr=args.lr, patience=args.patience,
+                                     seed=args.seed)
     t0 = time.perf_counter()
     checkpoint = models.pretrain(release, train_votes, work / "pretrained", model_config, training, preprocessing)
     print(f"pretrained {args.architecture} at {args.size} px in {time.perf_counter() - t0:.0f} s")
@@ -117,29 +145,28 @@ def main() -> None:
     print(f"smooth vs featured on {clear.sum()} clear test galaxies: accuracy {accuracy:.3f} "
           f"(majority class {majority:.3f})")
 
-    kinds = truth["kind"].to_numpy(zero_copy_only=False)
-    face_on = (kinds == "featured")
-    task_ids = truth["id_str"].to_numpy(zero_copy_only=False)[face_on].tolist()
-    barred = (truth["bar"].to_numpy(zero_copy_only=False)[face_on] != "none").astype(np.int64)
-    labels = pa.table({"id_str": task_ids, "barred": barred})
+    task_ids, positive = _binary_task(truth, args.finetune_task)
+    labels = pa.table({"id_str": task_ids, "label": positive.astype(np.int64)})
     rng = np.random.default_rng(args.seed + 1)
     order = rng.permutation(len(task_ids))
     n_train = min(args.finetune_labels, len(task_ids) // 2)
     finetune_ids = [task_ids[i] for i in order[:n_train]]
     held_out = [task_ids[i] for i in order[n_train:]]
-    finetune_labels = _write_subset(labels, finetune_ids, work / "bar_train.parquet")
-    all_labels = _write_subset(labels, task_ids, work / "bar_all.parquet")
-    task = models.FinetuneConfig(task="classification", label_columns=("barred",))
+    finetune_labels = _write_subset(labels, finetune_ids, work / f"{args.finetune_task}_train.parquet")
+    all_labels = _write_subset(labels, task_ids, work / f"{args.finetune_task}_all.parquet")
+    task = models.FinetuneConfig(task="classification", label_columns=("label",))
     finetune_training = models.TrainingConfig(epochs=args.epochs, batch_size=32, lr=1e-3, patience=5, seed=args.seed)
     results = {}
     for name, base in (("pretrained encoder", checkpoint), ("from scratch", None)):
         t0 = time.perf_counter()
-        out = models.finetune(base, release, finetune_labels, work / f"bar_{name.replace(' ', '_')}", task,
-                              finetune_training, model_config=model_config, preprocessing=preprocessing)
+        out_dir = work / f"{args.finetune_task}_{name.replace(' ', '_')}"
+        out = models.finetune(base, release, finetune_labels, out_dir, task, finetune_training,
+                              model_config=model_config, preprocessing=preprocessing)
         results[name] = models.evaluate(out, release, all_labels, held_out)
-        print(f"barred-or-not, {n_train} labels, {name}: held-out accuracy {results[name]['accuracy']:.3f} "
-              f"on {results[name]['n']} galaxies ({time.perf_counter() - t0:.0f} s)")
-    print(f"barred fraction among held-out: {barred[order[n_train:]].mean():.3f}")
+        score = results[name]
+        print(f"{args.finetune_task} or not, {n_train} labels, {name}: held-out accuracy {score['accuracy']:.3f} "
+              f"on {score['n']:.0f} galaxies ({time.perf_counter() - t0:.0f} s)")
+    print(f"positive fraction among held-out: {positive[order[n_train:]].mean():.3f}")
     print(f"total {time.perf_counter() - started:.0f} s; work folder {work}")
 
 

@@ -1,16 +1,20 @@
 """Training throughput of the PyTorch backend (images/s), and the cost of MC-dropout samples at inference.
 
 Run: .venv/bin/python benchmarks/training_throughput.py [--architecture efficientnet_b0] [--size 224] [--device auto]
+     [--ray-workers 1 2]
 
 Times ``train_one_epoch`` (the function every training path runs) over in-memory random images with random vote
 counts, so cutting and preprocessing are excluded: NCHW and channels_last side by side, plus bf16 autocast on CUDA.
-Then inference: encoder + head with S=1 against S=5 MC-dropout samples (dropout only in the head).
+Then inference: encoder + head with S=1 against S=5 MC-dropout samples (dropout only in the head). With
+``--ray-workers``, the same epoch runs as a Ray Train job (DDP, gloo on CPU) with each worker count, one CPU per
+worker: images/s over all workers.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import tempfile
 import time
 
 import numpy as np
@@ -20,6 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from zoobot_pipeline.models import ModelConfig, TrainingConfig
 from zoobot_pipeline.models.torch.model import build_model
 from zoobot_pipeline.models.torch.train import make_optimizer, resolve_device, schema_loss, train_one_epoch
+from zoobot_pipeline.schemas import get_schema
 
 
 def _loader(n: int, size: int, n_answers: int, batch: int, channels_last: bool) -> DataLoader:
@@ -67,6 +72,42 @@ def _mc_cost(config: ModelConfig, device: torch.device, batch: int, repeats: int
     return run(1), run(5)
 
 
+def _ray_worker(config: dict) -> dict:
+    import ray.train
+    from ray.train.torch import get_device, prepare_model
+
+    device = get_device()
+    model = prepare_model(build_model(config["model"]).to(device, memory_format=torch.channels_last))
+    optimizer = make_optimizer(model, TrainingConfig())
+    schema = get_schema(config["model"].schema_name)
+    loss = schema_loss(schema)
+    world = ray.train.get_context().get_world_size()
+    per_worker = config["batch"] // world
+    size = config["model"].input_size
+    warm = _loader(per_worker, size, schema.n_answers, per_worker, True)
+    timed = _loader(per_worker * config["batches"], size, schema.n_answers, per_worker, True)
+    train_one_epoch(model, warm, optimizer, None, loss, device)
+    start = time.perf_counter()
+    train_one_epoch(model, timed, optimizer, None, loss, device)
+    return {"seconds": time.perf_counter() - start, "images": per_worker * config["batches"] * world}
+
+
+def _ray_train_rate(config: ModelConfig, workers: int, batch: int, batches: int) -> float:
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    trainer = TorchTrainer(_ray_worker, train_loop_config={"model": config, "batch": batch, "batches": batches},
+                           scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
+                           run_config=RunConfig(storage_path=tempfile.mkdtemp(prefix="throughput-ray-")))
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        metrics = trainer.fit().return_value
+    finally:
+        ray.shutdown()
+    return metrics["images"] / metrics["seconds"]
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -80,6 +121,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--ray-workers", type=int, nargs="*", default=[], help="also time Ray Train with N workers")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -100,6 +142,10 @@ def main() -> None:
     one, five = _mc_cost(config, device, args.batch, max(2, args.batches))
     print(f"  inference, encoder once + head: S=1 {args.batch / one:8.1f} images/s, S=5 {args.batch / five:8.1f} "
           f"images/s, cost ratio S=5/S=1 {five / one:.3f}")
+    for workers in args.ray_workers:
+        rates[f"Ray Train, {workers} workers"] = rate = _ray_train_rate(config, workers, args.batch, args.batches)
+        print(f"  train Ray Train, {workers} CPU worker(s), DDP {rate:8.1f} images/s "
+              f"({rate / rates['NCHW fp32']:.2f}x in-process NCHW fp32)")
     print(f"  summary: {np.round(list(rates.values()), 1).tolist()} images/s")
 
 

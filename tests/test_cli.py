@@ -89,3 +89,40 @@ def test_schema_commands(tmp_path):
     bad.write_text("questions:\n  - name: a\n    answers: [x]\n    asked_after: nowhere_y\n")
     result = runner.invoke(app, ["schema", "validate", str(bad)])
     assert result.exit_code == 2 and "question 'a' is asked after unknown answer" in result.output
+
+
+def test_pretrain_then_finetune_from_the_command_line(tmp_path):
+    from zoobot_pipeline.models import load_checkpoint, read_checkpoint_json
+
+    release = tmp_path / "release"
+    assert runner.invoke(app, ["simulate", "--out", str(release), "--galaxies", "40", "--tiles", "1",
+                               "--tile-size", "512", "--labelled-fraction", "1"]).exit_code == 0
+    pretrained = tmp_path / "pretrained"
+    result = runner.invoke(app, ["pretrain", "--release", str(release), "--out", str(pretrained),
+                                 "--architecture", "test_resnet", "--input-size", "32", "--epochs", "2",
+                                 "--batch-size", "8", "--quiet"])
+    assert result.exit_code == 0, result.output
+    meta = read_checkpoint_json(pretrained)
+    assert meta["kind"] == "pretrained" and meta["model"]["architecture"] == "test_resnet"
+    assert len(meta["metrics"]["history"]) == 2
+
+    truth = pq.read_table(release / "truth.parquet")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("id_str,smooth\n" + "".join(f"{i},{k == 'smooth'}\n" for i, k in
+                                                  zip(truth["id_str"].to_pylist(), truth["kind"].to_pylist(),
+                                                      strict=True)))
+    finetuned = tmp_path / "finetuned"
+    result = runner.invoke(app, ["finetune", "--checkpoint", str(pretrained), "--release", str(release),
+                                 "--labels", str(labels), "--out", str(finetuned), "--task", "classification",
+                                 "--label-column", "smooth", "--epochs", "2", "--batch-size", "8", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(finetuned).class_names == ("False", "True")
+
+    missing = runner.invoke(app, ["finetune", "--checkpoint", str(pretrained), "--release", str(release),
+                                  "--labels", str(labels), "--out", str(tmp_path / "x"), "--task", "classification",
+                                  "--label-column", "barred"])
+    assert missing.exit_code == 2 and "barred" in missing.output
+    both = runner.invoke(app, ["finetune", "--checkpoint", str(pretrained), "--from-scratch", "--release",
+                               str(release), "--labels", str(labels), "--out", str(tmp_path / "y"), "--task",
+                               "classification", "--label-column", "smooth"])
+    assert both.exit_code == 2 and "--from-scratch" in both.output

@@ -6,6 +6,8 @@ encoded once: the same distribution as ``S`` full forward passes with dropout on
 
 from __future__ import annotations
 
+import math
+
 import timm
 import torch
 import torch.nn.functional as F
@@ -17,6 +19,10 @@ from zoobot_pipeline.schemas import Schema, get_schema
 __all__ = ["CONCENTRATION_RANGE", "DirichletHead", "ZoobotModel", "build_model", "create_backbone"]
 
 CONCENTRATION_RANGE = (1.0, 101.0)
+# A fresh head predicts concentrations near this value for every answer: a broad Dirichlet, close to the best constant
+# model of volunteer votes, instead of sigmoid(0) -> 51 (a confident, uniform prediction that costs tens of nats per
+# galaxy and many epochs to unlearn; see benchmarks/learning_evidence.py).
+INITIAL_CONCENTRATION = 2.0
 
 
 def create_backbone(config: ModelConfig) -> nn.Module:
@@ -26,12 +32,18 @@ def create_backbone(config: ModelConfig) -> nn.Module:
 
 
 class DirichletHead(nn.Module):
-    """Dropout, a linear layer to one output per answer, then concentrations ``1 + 100 * sigmoid(x)`` in (1, 101)."""
+    """Dropout, a linear layer to one output per answer, then concentrations ``1 + 100 * sigmoid(x)`` in (1, 101).
 
-    def __init__(self, n_features: int, n_answers: int, dropout_rate: float = 0.2) -> None:
+    The bias starts at ``initial_concentration`` (see :data:`INITIAL_CONCENTRATION`).
+    """
+
+    def __init__(self, n_features: int, n_answers: int, dropout_rate: float = 0.2,
+                 initial_concentration: float = INITIAL_CONCENTRATION) -> None:
         super().__init__()
         self.dropout_rate = dropout_rate
         self.linear = nn.Linear(n_features, n_answers)
+        low, high = CONCENTRATION_RANGE
+        nn.init.constant_(self.linear.bias, math.log((initial_concentration - low) / (high - initial_concentration)))
 
     def forward(self, features: torch.Tensor, mc_samples: int | None = None) -> torch.Tensor:
         """Concentrations ``(batch, n_answers)``, or ``(batch, mc_samples, n_answers)`` from independent masks.
