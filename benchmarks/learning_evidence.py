@@ -23,37 +23,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from scipy.optimize import minimize_scalar
 
 from zoobot_pipeline import models
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
 from zoobot_pipeline.data.simulate import simulate_release
 from zoobot_pipeline.data.votes import read_votes, vote_matrix
-from zoobot_pipeline.schemas import Schema, get_schema
-from zoobot_pipeline.stats import dirichlet_multinomial_log_prob, dirichlet_multinomial_nll
+from zoobot_pipeline.schemas import get_schema
+from zoobot_pipeline.stats import dirichlet_multinomial_nll, population_concentrations
 
 
 def _split(ids: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
     order = np.random.default_rng(seed).permutation(len(ids))
     cut = int(round(len(ids) * (1 - fraction)))
     return [ids[i] for i in order[:cut]], [ids[i] for i in order[cut:]]
-
-
-def _constant_baseline(train_votes: np.ndarray, schema: Schema) -> np.ndarray:
-    """Per-answer concentrations: population-mean fractions times the ML total concentration, question by question."""
-    alpha = np.empty(schema.n_answers)
-    for q in schema.questions:
-        votes = train_votes[:, q.slice]
-        asked = votes[votes.sum(axis=1) > 0]
-        fractions = (asked / asked.sum(axis=1, keepdims=True)).mean(axis=0)
-
-        def nll(log_total: float, votes: np.ndarray = asked, fractions: np.ndarray = fractions) -> float:
-            concentrations = np.broadcast_to(fractions * np.exp(log_total), votes.shape)
-            return -float(dirichlet_multinomial_log_prob(votes, concentrations).sum())
-
-        best = minimize_scalar(nll, bounds=(np.log(0.1), np.log(1e4)), method="bounded")
-        alpha[q.slice] = fractions * np.exp(best.x)
-    return alpha
 
 
 BINARY_TASKS = {
@@ -124,8 +106,8 @@ def main() -> None:
     order = {id_str: i for i, id_str in enumerate(predictions["id_str"].to_pylist())}
     counts = vote_matrix(test_votes, schema)[np.argsort([order[i] for i in test_votes["id_str"].to_pylist()])]
     concentrations = np.stack([predictions[f"{c}_concentration"].to_numpy() for c in schema.label_cols], axis=1)
-    baseline = np.broadcast_to(_constant_baseline(vote_matrix(read_votes(train_votes, schema), schema), schema),
-                               counts.shape)
+    baseline = np.broadcast_to(population_concentrations(vote_matrix(read_votes(train_votes, schema), schema),
+                                                         schema), counts.shape)
     model_nll = dirichlet_multinomial_nll(counts, concentrations, schema).sum(axis=1).mean()
     base_nll = dirichlet_multinomial_nll(counts, baseline, schema).sum(axis=1).mean()
     print(f"test NLL per galaxy (summed over questions): model {model_nll:.2f}, constant baseline {base_nll:.2f} "

@@ -17,6 +17,7 @@ from zoobot_pipeline.stats import (
     dirichlet_multinomial_nll,
     expected_fractions,
     n_vote_outcomes,
+    population_concentrations,
     predictive_entropy,
     question_mutual_information,
     schema_vote_information,
@@ -200,3 +201,24 @@ def test_schema_level_information_per_question():
     np.testing.assert_array_equal(mi[:, bar.index], expected)
     with pytest.raises(ValueError, match=r"\(n, S, A\)"):
         schema_vote_information(alpha[:, 0], schema)
+
+
+def test_population_concentrations_recover_a_constant_population():
+    schema = get_schema("decals_dr5")
+    rng = np.random.default_rng(9)
+    true_alpha = rng.uniform(0.5, 6.0, schema.n_answers)
+    votes = np.zeros((4000, schema.n_answers), dtype=np.int64)
+    for q in schema.questions:
+        p = rng.dirichlet(true_alpha[q.slice], size=len(votes))
+        votes[:, q.slice] = np.array([rng.multinomial(40, row) for row in p])
+    votes[:500, schema.question("bar-dr5").slice] = 0  # unasked: must not pull the estimate
+    fitted = population_concentrations(votes, schema)
+    for q in schema.questions:
+        np.testing.assert_allclose(fitted[q.slice] / fitted[q.slice].sum(),
+                                   true_alpha[q.slice] / true_alpha[q.slice].sum(), atol=0.02)
+        assert fitted[q.slice].sum() == pytest.approx(true_alpha[q.slice].sum(), rel=0.15)
+        asked = votes[votes[:, q.slice].sum(axis=1) > 0][:, q.slice]
+        best = dirichlet_multinomial_log_prob(asked, np.broadcast_to(fitted[q.slice], asked.shape)).sum()
+        for scale in (0.9, 1.1):
+            worse = np.broadcast_to(fitted[q.slice] * scale, asked.shape)
+            assert dirichlet_multinomial_log_prob(asked, worse).sum() < best

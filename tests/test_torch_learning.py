@@ -11,22 +11,9 @@ from zoobot_pipeline.data.simulate import simulate_release
 from zoobot_pipeline.data.votes import read_votes, vote_matrix
 from zoobot_pipeline.models import ModelConfig, TrainingConfig, predict, pretrain
 from zoobot_pipeline.schemas import get_schema
-from zoobot_pipeline.stats import dirichlet_multinomial_log_prob, dirichlet_multinomial_nll
+from zoobot_pipeline.stats import dirichlet_multinomial_nll, population_concentrations
 
 torch.set_num_threads(2)
-
-
-def _best_constant(votes: np.ndarray, schema) -> np.ndarray:
-    """Population-mean fractions times the best total concentration (grid search), question by question."""
-    alpha = np.empty(schema.n_answers)
-    for q in schema.questions:
-        asked = votes[votes[:, q.slice].sum(axis=1) > 0][:, q.slice]
-        fractions = (asked / asked.sum(axis=1, keepdims=True)).mean(axis=0)
-        totals = np.geomspace(0.5, 500, 60)
-        scores = [dirichlet_multinomial_log_prob(asked, np.broadcast_to(fractions * t, asked.shape)).sum()
-                  for t in totals]
-        alpha[q.slice] = fractions * totals[int(np.argmax(scores))]
-    return alpha
 
 
 def test_pretrained_model_beats_the_population_mean_and_separates_smooth_from_featured(tmp_path):
@@ -43,7 +30,7 @@ def test_pretrained_model_beats_the_population_mean_and_separates_smooth_from_fe
     counts = vote_matrix(votes, schema)[[row[i] for i in predictions["id_str"].to_pylist()]]
     concentrations = np.stack([predictions[f"{c}_concentration"].to_numpy() for c in schema.label_cols], axis=1)
     model_nll = dirichlet_multinomial_nll(counts, concentrations, schema).sum(axis=1).mean()
-    constant = np.broadcast_to(_best_constant(counts, schema), counts.shape)
+    constant = np.broadcast_to(population_concentrations(counts, schema), counts.shape)
     constant_nll = dirichlet_multinomial_nll(counts, constant, schema).sum(axis=1).mean()
     assert model_nll < constant_nll, (model_nll, constant_nll)
 

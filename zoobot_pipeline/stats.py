@@ -22,6 +22,7 @@ from math import comb
 from typing import Literal, NamedTuple
 
 import numpy as np
+from scipy.optimize import minimize_scalar
 from scipy.special import gammaln
 
 from zoobot_pipeline._vote_space import SEED_BLOCK, exact_information, log_term_tables, sampled_information
@@ -32,6 +33,7 @@ __all__ = [
     "dirichlet_multinomial_nll",
     "expected_fractions",
     "n_vote_outcomes",
+    "population_concentrations",
     "predictive_entropy",
     "question_mutual_information",
     "schema_vote_information",
@@ -96,6 +98,31 @@ def expected_fractions(concentrations: np.ndarray, schema: Schema) -> np.ndarray
         block = alpha[..., q.slice]
         fractions[..., q.slice] = block / block.sum(axis=-1, keepdims=True)
     return fractions.mean(axis=1) if fractions.ndim == 3 else fractions
+
+
+def population_concentrations(votes: np.ndarray, schema: Schema) -> np.ndarray:
+    """The best constant model of a vote catalogue ``(n, A)``: concentrations ``(A,)``, question by question.
+
+    Fractions are the population-mean vote fractions of the galaxies asked the question; the total concentration
+    maximises the Dirichlet-Multinomial likelihood of their votes. The baseline a trained model must beat.
+    """
+    votes = np.asarray(votes)
+    _check_answers(votes, schema, "votes")
+    alpha = np.empty(schema.n_answers)
+    for q in schema.questions:
+        asked = votes[votes[:, q.slice].sum(axis=1) > 0][:, q.slice]
+        if len(asked) == 0:
+            alpha[q.slice] = 1.0
+            continue
+        fractions = np.clip((asked / asked.sum(axis=1, keepdims=True)).mean(axis=0), 1e-6, None)
+
+        def nll(log_total: float, asked: np.ndarray = asked, fractions: np.ndarray = fractions) -> float:
+            return -float(dirichlet_multinomial_log_prob(asked, np.broadcast_to(fractions * np.exp(log_total),
+                                                                                 asked.shape)).sum())
+
+        best = minimize_scalar(nll, bounds=(np.log(0.01), np.log(1e5)), method="bounded")
+        alpha[q.slice] = fractions * np.exp(best.x)
+    return alpha
 
 
 @cache
