@@ -178,11 +178,14 @@ def demo(
     galaxies: Annotated[int, typer.Option(help="Sources in the simulated release.")] = 600,
     tiles: Annotated[int, typer.Option(help="Tiles in the simulated release.")] = 2,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    architecture: Annotated[str, typer.Option(help="timm architecture to pretrain.")] = "resnet18",
+    input_size: Annotated[int, typer.Option(help="Model input size in pixels.")] = 64,
+    epochs: Annotated[int, typer.Option(help="Pretraining epochs.")] = 8,
 ) -> None:
     """Run the pipeline end to end on built-in simulated data (no network)."""
     from zoobot_pipeline.demo import run_demo
 
-    run_demo(out, galaxies, tiles, seed, console=console)
+    run_demo(out, galaxies, tiles, seed, architecture, input_size, epochs, console=console)
 
 
 Epochs = Annotated[int, typer.Option(help="Maximum epochs (early stopping on validation loss may end sooner).")]
