@@ -1,13 +1,11 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from zoobot_pipeline.models import AugmentationConfig  # noqa: E402
-from zoobot_pipeline.models.torch.augment import augment  # noqa: E402
-from zoobot_pipeline.models.torch.data import GalaxyDataset, LabelledImages, validation_mask  # noqa: E402
+from zoobot_pipeline.models import AugmentationConfig
+from zoobot_pipeline.models.torch.augment import augment
+from zoobot_pipeline.models.torch.data import GalaxyDataset, LabelledImages, validation_mask
 
 torch.set_num_threads(2)
 

@@ -3,20 +3,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from zoobot_pipeline.data.preprocessing import PreprocessingConfig  # noqa: E402
-from zoobot_pipeline.models import FinetuneConfig, ModelConfig  # noqa: E402
-from zoobot_pipeline.models.torch.checkpoint import save_checkpoint  # noqa: E402
-from zoobot_pipeline.models.torch.finetune import (  # noqa: E402
+from zoobot_pipeline.data.preprocessing import PreprocessingConfig
+from zoobot_pipeline.models import FinetuneConfig, ModelConfig
+from zoobot_pipeline.models.torch.checkpoint import save_checkpoint
+from zoobot_pipeline.models.torch.finetune import (
     build_finetune_model,
     encoder_blocks,
     finetune_loss,
     finetune_param_groups,
 )
-from zoobot_pipeline.models.torch.model import build_model  # noqa: E402
-from zoobot_pipeline.schemas import get_schema  # noqa: E402
+from zoobot_pipeline.models.torch.model import build_model
+from zoobot_pipeline.schemas import get_schema
 
 torch.set_num_threads(2)
 PREPROCESSING = PreprocessingConfig.gz_decals(input_size=32)

@@ -6,13 +6,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("galsim")
-
-from zoobot_pipeline.data.preprocessing import PreprocessingConfig  # noqa: E402
-from zoobot_pipeline.data.simulate import simulate_release  # noqa: E402
-from zoobot_pipeline.models import (  # noqa: E402
+from zoobot_pipeline.data.preprocessing import PreprocessingConfig
+from zoobot_pipeline.data.simulate import simulate_release
+from zoobot_pipeline.models import (
     FinetuneConfig,
     ModelConfig,
     TrainingConfig,
@@ -22,11 +20,11 @@ from zoobot_pipeline.models import (  # noqa: E402
     predict,
     read_checkpoint_json,
 )
-from zoobot_pipeline.models.labels import LabelsError  # noqa: E402
-from zoobot_pipeline.models.torch.checkpoint import save_checkpoint  # noqa: E402
-from zoobot_pipeline.models.torch.data import load_images  # noqa: E402
-from zoobot_pipeline.models.torch.finetune import FinetuneModel  # noqa: E402
-from zoobot_pipeline.models.torch.model import build_model  # noqa: E402
+from zoobot_pipeline.models.labels import LabelsError
+from zoobot_pipeline.models.torch.checkpoint import save_checkpoint
+from zoobot_pipeline.models.torch.data import load_images
+from zoobot_pipeline.models.torch.finetune import FinetuneModel
+from zoobot_pipeline.models.torch.model import build_model
 
 torch.set_num_threads(2)
 PREPROCESSING = PreprocessingConfig.gz_decals(input_size=32)

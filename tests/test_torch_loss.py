@@ -2,12 +2,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from zoobot_pipeline.models.torch.loss import dirichlet_multinomial_loss, dirichlet_multinomial_nll  # noqa: E402
-from zoobot_pipeline.schemas import get_schema  # noqa: E402
-from zoobot_pipeline.stats import dirichlet_multinomial_nll as numpy_nll  # noqa: E402
+from zoobot_pipeline.models.torch.loss import dirichlet_multinomial_loss, dirichlet_multinomial_nll
+from zoobot_pipeline.schemas import get_schema
+from zoobot_pipeline.stats import dirichlet_multinomial_nll as numpy_nll
 
 torch.set_num_threads(2)
 

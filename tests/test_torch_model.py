@@ -5,15 +5,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from zoobot_pipeline.data.preprocessing import PreprocessingConfig  # noqa: E402
-from zoobot_pipeline.models import ModelConfig, TrainingConfig, get_backend, read_checkpoint_json  # noqa: E402
-from zoobot_pipeline.models import load_checkpoint as load_any_checkpoint  # noqa: E402
-from zoobot_pipeline.models.torch.checkpoint import WEIGHTS_FILE, load_checkpoint, save_checkpoint  # noqa: E402
-from zoobot_pipeline.models.torch.model import build_model  # noqa: E402
-from zoobot_pipeline.schemas import get_schema  # noqa: E402
+from zoobot_pipeline.data.preprocessing import PreprocessingConfig
+from zoobot_pipeline.models import ModelConfig, TrainingConfig, get_backend, read_checkpoint_json
+from zoobot_pipeline.models import load_checkpoint as load_any_checkpoint
+from zoobot_pipeline.models.torch.checkpoint import WEIGHTS_FILE, load_checkpoint, save_checkpoint
+from zoobot_pipeline.models.torch.model import build_model
+from zoobot_pipeline.schemas import get_schema
 
 torch.set_num_threads(2)
 PREPROCESSING = PreprocessingConfig.gz_decals(input_size=32)

@@ -8,15 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
+import ray
 
-torch = pytest.importorskip("torch")
-ray = pytest.importorskip("ray")
-pytest.importorskip("galsim")
-
-from zoobot_pipeline.data.preprocessing import PreprocessingConfig  # noqa: E402
-from zoobot_pipeline.data.simulate import simulate_release  # noqa: E402
-from zoobot_pipeline.models import ModelConfig, TrainingConfig, load_checkpoint, pretrain, read_checkpoint_json  # noqa: E402
-from zoobot_pipeline.models.torch.model import ZoobotModel  # noqa: E402
+from zoobot_pipeline.data.preprocessing import PreprocessingConfig
+from zoobot_pipeline.data.simulate import simulate_release
+from zoobot_pipeline.models import ModelConfig, TrainingConfig, load_checkpoint, pretrain, read_checkpoint_json
+from zoobot_pipeline.models.torch.model import ZoobotModel
 
 PREPROCESSING = PreprocessingConfig.gz_decals(input_size=32)
 MODEL = ModelConfig.from_preprocessing(PREPROCESSING, architecture="test_resnet")
@@ -82,7 +79,7 @@ def test_a_run_resumes_from_a_ray_checkpoint_instead_of_restarting(two_worker_ru
 
 
 def test_a_killed_worker_is_replaced_and_training_continues(local_ray, release, tmp_path):
-    psutil = pytest.importorskip("psutil")
+    import psutil  # vendored by Ray: importable once ray is imported
     storage = tmp_path / "storage"
     killed: list[int] = []
 

@@ -5,33 +5,30 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from torch.utils.data import DataLoader
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("galsim")
-
-from torch.utils.data import DataLoader  # noqa: E402
-
-from zoobot_pipeline.data.preprocessing import PreprocessingConfig  # noqa: E402
-from zoobot_pipeline.data.simulate import simulate_release  # noqa: E402
-from zoobot_pipeline.models import (  # noqa: E402
+from zoobot_pipeline.data.preprocessing import PreprocessingConfig
+from zoobot_pipeline.data.simulate import simulate_release
+from zoobot_pipeline.models import (
     AugmentationConfig,
     ModelConfig,
     TrainingConfig,
     pretrain,
     read_checkpoint_json,
 )
-from zoobot_pipeline.models.torch import loop  # noqa: E402
-from zoobot_pipeline.models.torch.checkpoint import load_checkpoint  # noqa: E402
-from zoobot_pipeline.models.torch.data import (  # noqa: E402
+from zoobot_pipeline.models.torch import loop
+from zoobot_pipeline.models.torch.checkpoint import load_checkpoint
+from zoobot_pipeline.models.torch.data import (
     GalaxyDataset,
     LabelledImages,
     load_labelled_images,
     validation_mask,
 )
-from zoobot_pipeline.models.torch.job import TrainingTask  # noqa: E402
-from zoobot_pipeline.models.torch.model import build_model  # noqa: E402
-from zoobot_pipeline.models.torch.train import evaluate, schema_loss  # noqa: E402
-from zoobot_pipeline.schemas import get_schema  # noqa: E402
+from zoobot_pipeline.models.torch.job import TrainingTask
+from zoobot_pipeline.models.torch.model import build_model
+from zoobot_pipeline.models.torch.train import evaluate, schema_loss
+from zoobot_pipeline.schemas import get_schema
 
 torch.set_num_threads(2)
 PREPROCESSING = PreprocessingConfig.gz_decals(input_size=32)
