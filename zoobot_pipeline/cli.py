@@ -175,12 +175,12 @@ def render(
 @_user_errors
 def demo(
     out: Annotated[Path, typer.Option(help="Directory for everything the demo writes.")] = Path("demo-output"),
-    galaxies: Annotated[int, typer.Option(help="Sources in the simulated release.")] = 600,
+    galaxies: Annotated[int, typer.Option(help="Sources in the simulated release.")] = 1000,
     tiles: Annotated[int, typer.Option(help="Tiles in the simulated release.")] = 2,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     architecture: Annotated[str, typer.Option(help="timm architecture to pretrain.")] = "resnet18",
     input_size: Annotated[int, typer.Option(help="Model input size in pixels.")] = 64,
-    epochs: Annotated[int, typer.Option(help="Pretraining epochs.")] = 8,
+    epochs: Annotated[int, typer.Option(help="Pretraining epochs.")] = 15,
 ) -> None:
     """Run the pipeline end to end on built-in simulated data (no network)."""
     from zoobot_pipeline.demo import run_demo

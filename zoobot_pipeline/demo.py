@@ -87,8 +87,8 @@ def _gallery(release_dir: Path, out: Path, model_smooth: dict[str, float], per_k
     return write_image(contact_sheet(images, captions, columns=6), out)
 
 
-def run_demo(out_dir: str | Path, n_galaxies: int = 600, n_tiles: int = 2, seed: int = 0,
-             architecture: str = "resnet18", input_size: int = 64, epochs: int = 8,
+def run_demo(out_dir: str | Path, n_galaxies: int = 1000, n_tiles: int = 2, seed: int = 0,
+             architecture: str = "resnet18", input_size: int = 64, epochs: int = 15,
              console: Console | None = None) -> dict:
     """Run every stage that exists on a fresh simulated release under ``out_dir``; returns the summary it writes."""
     from zoobot_pipeline import models
