@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-__all__ = ["atomic_path", "write_json_atomic", "write_parquet_atomic"]
+__all__ = ["atomic_path", "read_table", "write_json_atomic", "write_parquet_atomic"]
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -53,3 +54,12 @@ def write_json_atomic(data: Any, destination: str | Path) -> Path:
     with atomic_path(destination) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
     return Path(destination)
+
+
+def read_table(path: str | Path, error: type[Exception] = ValueError, what: str = "table") -> pa.Table:
+    """Read a Parquet or CSV (by suffix) table; an unreadable file raises ``error`` naming the path and ``what``."""
+    path = Path(path)
+    try:
+        return pacsv.read_csv(path) if path.suffix.lower() == ".csv" else pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as err:
+        raise error(f"{path}: cannot read {what}: {err}") from err

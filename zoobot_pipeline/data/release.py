@@ -27,13 +27,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs import WCS
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from zoobot_pipeline.io import read_table
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -70,16 +70,6 @@ class ReleaseInfo(BaseModel):
     zeropoint: float | None = None
     schema_name: str | None = Field(default=None, alias="schema")
     tiles: list[str] | dict[str, str] | None = None
-
-
-def _read_table(path: Path) -> pa.Table:
-    """Read a Parquet or CSV table, raising :class:`ReleaseError` naming ``path`` on failure."""
-    try:
-        if path.suffix.lower() == ".csv":
-            return pacsv.read_csv(path)
-        return pq.read_table(path)
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise ReleaseError(f"{path}: cannot read table ({exc})") from exc
 
 
 def _check_columns(table: pa.Table, required: Sequence[str], path: Path) -> pa.Table:
@@ -235,7 +225,8 @@ class Release:
         sources_path = path / "sources.parquet"
         if not sources_path.is_file():
             raise ReleaseError(f"{sources_path}: sources.parquet not found")
-        sources = _check_columns(_read_table(sources_path), SOURCE_COLUMNS, sources_path)
+        sources = _check_columns(read_table(sources_path, ReleaseError, "source catalogue"), SOURCE_COLUMNS,
+                                 sources_path)
         tile_paths = {}
         for tile_id in sorted(pc.unique(sources["tile_id"]).to_pylist()):
             tile_path = cls._locate_tile(path, info, tile_id)
@@ -335,7 +326,7 @@ class ImageCatalogue:
         path = Path(path)
         if not path.is_file():
             raise ReleaseError(f"{path}: image catalogue not found")
-        table = _check_columns(_read_table(path), CATALOGUE_COLUMNS, path)
+        table = _check_columns(read_table(path, ReleaseError, "image catalogue"), CATALOGUE_COLUMNS, path)
         locations = [str(path.parent / loc) for loc in table["file_loc"].to_pylist()]
         table = table.set_column(table.schema.get_field_index("file_loc"), "file_loc", pa.array(locations))
         if check_files:

@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
+from zoobot_pipeline.io import read_table
 from zoobot_pipeline.schemas import Schema
 
 __all__ = ["TreeViolation", "VotesError", "read_votes", "tree_violations", "vote_matrix"]
@@ -36,10 +35,7 @@ class TreeViolation:
 def read_votes(path: str | Path, schema: Schema) -> pa.Table:
     """Read and validate a votes catalogue (Parquet or CSV); returns ``id_str`` plus the label columns as int64."""
     path = Path(path)
-    try:
-        table = pacsv.read_csv(path) if path.suffix.lower() == ".csv" else pq.read_table(path)
-    except (OSError, pa.ArrowInvalid) as err:
-        raise VotesError(f"{path}: cannot read votes catalogue: {err}") from err
+    table = read_table(path, VotesError, "votes catalogue")
     required = ["id_str", *schema.label_cols]
     missing = [c for c in required if c not in table.column_names]
     if missing:

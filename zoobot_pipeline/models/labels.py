@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from zoobot_pipeline.data.release import Release
 from zoobot_pipeline.data.votes import read_votes, vote_matrix
+from zoobot_pipeline.io import read_table
 from zoobot_pipeline.models import FinetuneConfig
 from zoobot_pipeline.schemas import Schema, get_schema
 
@@ -51,13 +50,6 @@ def finetune_schema(config: FinetuneConfig) -> Schema | None:
     return get_schema(config.schema_name) if config.schema_name is not None else None
 
 
-def _read_table(path: Path) -> pa.Table:
-    try:
-        return pacsv.read_csv(path) if path.suffix.lower() == ".csv" else pq.read_table(path)
-    except (OSError, pa.ArrowInvalid) as err:
-        raise LabelsError(f"{path}: cannot read labels: {err}") from err
-
-
 def read_finetune_labels(path: str | Path, config: FinetuneConfig,
                          class_names: Sequence[str] | None = None) -> FinetuneLabels:
     """Read the targets of ``config``'s task; rows with an empty (or, for regression, non-finite) label are left out.
@@ -71,7 +63,7 @@ def read_finetune_labels(path: str | Path, config: FinetuneConfig,
             raise LabelsError(f"label_columns of a dirichlet task must be schema {schema.name!r}'s label columns")
         votes = read_votes(path, schema)
         return FinetuneLabels(votes.column("id_str").to_pylist(), vote_matrix(votes, schema), None)
-    table = _read_table(path)
+    table = read_table(path, LabelsError, "labels")
     missing = [c for c in ("id_str", *config.label_columns) if c not in table.column_names]
     if missing:
         raise LabelsError(f"{path}: missing label columns {missing}; it has {table.column_names}")
