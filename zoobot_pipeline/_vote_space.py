@@ -69,8 +69,10 @@ def exact_information(tables: np.ndarray, constant: np.ndarray, outcomes: np.nda
         scaled = np.empty(n_samples)
         acc_mi = 0.0
         acc_h = 0.0
+        tables_g = tables[g]
+        constant_g = constant[g]
         for o in range(outcomes.shape[0]):
-            top = _log_prob_all(tables[g], constant[g], outcomes[o], log_p)
+            top = _log_prob_all(tables_g, constant_g, outcomes[o], log_p)
             if top < NEGLIGIBLE_LOG_PROB:
                 continue
             total = 0.0
@@ -88,14 +90,16 @@ def exact_information(tables: np.ndarray, constant: np.ndarray, outcomes: np.nda
 
 
 @njit(cache=True, inline="always")
-def _fill_zero_probabilities(alpha: np.ndarray, n_volunteers: int, zero: np.ndarray) -> None:
-    """``zero[i, n] = P(v_i = 0)`` for ``v_i ~ BetaBinomial(n, a_i, b_i)``, ``b_i = a_{i+1} + ... + a_k``.
+def _fill_zero_probabilities(alpha: np.ndarray, n_volunteers: int, zero: np.ndarray, after: np.ndarray) -> None:
+    """``zero[i, n] = P(v_i = 0)`` for ``v_i ~ BetaBinomial(n, a_i, b_i)``; ``after[i] = b_i = a_{i+1} + ... + a_k``.
 
     ``P(0) = prod_{j<n} (j + b_i) / (j + a_i + b_i)``, built as a running product (no logs).
     """
     k = alpha.shape[0]
     tail = alpha[k - 1]
+    after[k - 1] = 0.0
     for i in range(k - 2, -1, -1):
+        after[i] = tail
         total = tail + alpha[i]
         zero[i, 0] = 1.0
         for n in range(n_volunteers):
@@ -104,7 +108,7 @@ def _fill_zero_probabilities(alpha: np.ndarray, n_volunteers: int, zero: np.ndar
 
 
 @njit(cache=True, inline="always")
-def _draw_votes(alpha: np.ndarray, zero: np.ndarray, n_volunteers: int, first_uniform: float,
+def _draw_votes(alpha: np.ndarray, zero: np.ndarray, after: np.ndarray, n_volunteers: int, first_uniform: float,
                 votes: np.ndarray) -> None:
     """One vote outcome from a Dirichlet-Multinomial, as a chain of beta-binomials sampled by inverse CDF.
 
@@ -115,14 +119,12 @@ def _draw_votes(alpha: np.ndarray, zero: np.ndarray, n_volunteers: int, first_un
     k = alpha.shape[0]
     remaining = n_volunteers
     u = first_uniform
-    b = 0.0
-    for i in range(1, k):
-        b += alpha[i]
     for i in range(k - 1):
         if remaining == 0:
             votes[i] = 0
             continue
         a = alpha[i]
+        b = after[i]
         pmf = zero[i, remaining]
         cdf = pmf
         v = 0
@@ -132,7 +134,6 @@ def _draw_votes(alpha: np.ndarray, zero: np.ndarray, n_volunteers: int, first_un
             cdf += pmf
         votes[i] = v
         remaining -= v
-        b -= alpha[i + 1]
         u = np.random.random()
     votes[k - 1] = remaining
 
@@ -160,25 +161,30 @@ def sampled_information(alpha: np.ndarray, tables: np.ndarray, constant: np.ndar
         log_p = np.empty(n_samples)
         scaled = np.empty(n_samples)
         zero = np.empty((k, n_volunteers + 1))
+        after = np.empty(k)
         start = max(block * SEED_BLOCK, first_index) - first_index
         stop = min((block + 1) * SEED_BLOCK, first_index + n) - first_index
         for g in range(start, stop):
             acc_mi = 0.0
             acc_h = 0.0
+            tables_g = tables[g]
+            constant_g = constant[g]
             for s_from in range(n_samples):
-                _fill_zero_probabilities(alpha[g, s_from], n_volunteers, zero)
+                alpha_s = alpha[g, s_from]
+                _fill_zero_probabilities(alpha_s, n_volunteers, zero, after)
                 for d in range(n_draws):
                     first_uniform = (d + np.random.random()) / n_draws
-                    _draw_votes(alpha[g, s_from], zero, n_volunteers, first_uniform, votes)
-                    top = _log_prob_all(tables[g], constant[g], votes, log_p)
+                    _draw_votes(alpha_s, zero, after, n_volunteers, first_uniform, votes)
+                    top = _log_prob_all(tables_g, constant_g, votes, log_p)
                     total = 0.0
                     for s in range(n_samples):
                         scaled[s] = math.exp(log_p[s] - top)
                         total += scaled[s]
                     log_mix = top + math.log(total) - log_s
+                    to_ratio = n_samples / total
                     term = 0.0
                     for s in range(n_samples):
-                        y = scaled[s] * n_samples / total
+                        y = scaled[s] * to_ratio
                         term += y * (log_p[s] - log_mix) - y + 1.0
                     acc_mi += term / n_samples
                     acc_h -= log_mix
