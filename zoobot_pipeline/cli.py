@@ -128,7 +128,7 @@ def release_check(
     """Read a whole release (every tile, band, WCS and source; votes against the tree) and report what it found."""
     from dataclasses import asdict
 
-    from zoobot_pipeline.demo import check_release
+    from zoobot_pipeline.data.check import check_release
 
     check = check_release(path, schema)
     console.print_json(json.dumps(asdict(check)))

@@ -10,56 +10,23 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 from rich.console import Console
 
+from zoobot_pipeline.data.check import check_release
 from zoobot_pipeline.data.cutouts import release_cutouts
 from zoobot_pipeline.data.release import Release
 from zoobot_pipeline.data.render import contact_sheet, render_rgb, write_image
 from zoobot_pipeline.data.simulate import simulate_release
-from zoobot_pipeline.data.votes import read_votes, tree_violations, vote_matrix
+from zoobot_pipeline.data.votes import read_votes, vote_matrix
 from zoobot_pipeline.io import write_json_atomic
 from zoobot_pipeline.schemas import get_schema
 
-__all__ = ["ReleaseCheck", "check_release", "run_demo"]
-
-
-@dataclass
-class ReleaseCheck:
-    """What a full read of a release found."""
-
-    release: str
-    tiles: int
-    sources: int
-    sources_per_tile: dict[str, int]
-    cutout_flags: dict[str, int] = field(default_factory=dict)
-    labelled: int = 0
-    tree_violations: int = 0
-
-
-def check_release(path: str | Path, schema_name: str | None = None) -> ReleaseCheck:
-    """Open every tile of a release, cut out every source, and check its votes (if any) against the tree.
-
-    Raises ``ReleaseError`` / ``VotesError`` naming the file at fault; cutout problems are counted, not fatal.
-    """
-    release = Release.open(path)
-    flags: Counter[str] = Counter(edge=0, off_tile=0, rejected=0)
-    for _, cut in release_cutouts(release):
-        flags.update(edge=int(cut.edge), off_tile=int(cut.off_tile), rejected=int(cut.rejected))
-    per_tile = {tile_id: release.tile_sources(tile_id).num_rows for tile_id in release.tile_ids}
-    check = ReleaseCheck(str(release.path), len(per_tile), release.sources.num_rows, per_tile, dict(flags))
-    votes_path = Path(path) / "votes.parquet"
-    if votes_path.is_file():
-        schema = get_schema(schema_name or release.info.schema_name or "decals_dr5")
-        votes = read_votes(votes_path, schema)
-        check.labelled = votes.num_rows
-        check.tree_violations = len(tree_violations(votes, schema, limit=votes.num_rows or 1))
-    return check
+__all__ = ["run_demo"]
 
 
 def _gallery(release_dir: Path, out: Path, model_smooth: dict[str, float], per_kind: int = 4) -> Path:
