@@ -309,3 +309,40 @@ def finetune(
                            cpus_per_worker=cpus_per_worker, ray_address=ray_address, max_failures=max_failures,
                            resume_from=resume_from, quiet=quiet)
     console.print(f"best checkpoint: {path}")
+
+
+class Precision(StrEnum):
+    int8 = "int8"
+    fp16 = "fp16"
+
+
+@app.command("export")
+@_user_errors
+def export_model(
+    checkpoint: Annotated[Path, typer.Option("--from", help="Checkpoint directory (pretrained or finetuned).")],
+    out: Annotated[Path, typer.Option(help="Model package directory to write.")],
+    mc_samples: Annotated[int, typer.Option(help="Default MC-dropout samples per galaxy when scoring.")] = 5,
+    variant: Annotated[list[Precision] | None, typer.Option(
+        help="Also write a reduced-precision variant (repeatable): int8 (CPU, needs --calibration-release) or fp16.")]
+    = None,
+    calibration_release: Annotated[Path | None, typer.Option(
+        help="Release whose galaxies calibrate int8 and check the variants' accuracy against fp32.")] = None,
+    n_volunteers: Annotated[int, typer.Option(help="Volunteers per galaxy assumed for vote-space uncertainty.")] = 40,
+) -> None:
+    """Export a checkpoint to an ONNX model package, checked against the framework's own output."""
+    from zoobot_pipeline.export import ModelPackage, export_package
+
+    path = export_package(checkpoint, out, mc_samples=mc_samples, variants=[v.value for v in variant or ()],
+                          calibration_release=calibration_release, n_volunteers=n_volunteers)
+    package = ModelPackage.open(path)
+    table = Table("variant", "file", "sha256", "check", title=f"model package {path}")
+    for name, entry in package.meta["variants"].items():
+        if "parity" in entry:
+            check = f"max relative difference from {package.meta['framework']['name']}: " \
+                    f"{entry['parity']['max_rel_diff']:.2g}"
+        else:
+            accuracy = entry["accuracy"]
+            check = f"{accuracy['quantity']} vs fp32: mean |diff| {accuracy['mean_abs_diff']:.2g}, " \
+                    f"max {accuracy['max_abs_diff']:.2g} ({accuracy['n_galaxies']} galaxies)"
+        table.add_row(name, entry["file"], entry["sha256"][:16], check)
+    console.print(table)

@@ -6,8 +6,10 @@ readers and overwritten by the next run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +20,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-__all__ = ["atomic_path", "read_table", "write_json_atomic", "write_parquet_atomic"]
+__all__ = ["atomic_directory", "atomic_path", "file_sha256", "read_table", "write_json_atomic", "write_parquet_atomic"]
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -42,6 +44,32 @@ def atomic_path(destination: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+@contextmanager
+def atomic_directory(destination: str | Path) -> Iterator[Path]:
+    """Yield a temporary directory beside ``destination``; on success its files are fsynced and it replaces
+    ``destination`` (an existing one is moved aside first, then deleted). On error it is removed."""
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{destination.name}.", dir=destination.parent))
+    try:
+        yield tmp
+        for path in tmp.rglob("*"):
+            if path.is_file():
+                with open(path, "rb") as handle:
+                    os.fsync(handle.fileno())
+        os.chmod(tmp, 0o777 & ~_UMASK)
+        if destination.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".old-{destination.name}.", dir=destination.parent))
+            os.replace(destination, old / destination.name)
+            os.replace(tmp, destination)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, destination)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
 def write_parquet_atomic(table: pa.Table, destination: str | Path, **kwargs: Any) -> Path:
     """Write ``table`` to ``destination`` as Parquet, atomically."""
     with atomic_path(destination) as tmp:
@@ -54,6 +82,15 @@ def write_json_atomic(data: Any, destination: str | Path) -> Path:
     with atomic_path(destination) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
     return Path(destination)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_table(path: str | Path, error: type[Exception] = ValueError, what: str = "table") -> pa.Table:

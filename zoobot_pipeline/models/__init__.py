@@ -196,6 +196,11 @@ class Backend(Protocol):
         """Rebuild a trained model from a checkpoint directory."""
         ...
 
+    def export_onnx(self, checkpoint_dir: str | Path, onnx_path: str | Path) -> Any:
+        """Write the checkpoint as one ONNX graph with the inputs and outputs described in
+        :mod:`zoobot_pipeline.export.graph`; return its :class:`~zoobot_pipeline.export.graph.ExportedGraph`."""
+        ...
+
 
 _BACKENDS: dict[str, str | Backend] = {"torch": "zoobot_pipeline.models.torch.backend:BACKEND"}
 

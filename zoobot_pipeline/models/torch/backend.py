@@ -15,6 +15,7 @@ import torch
 
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
 from zoobot_pipeline.data.votes import read_votes
+from zoobot_pipeline.export.graph import ExportedGraph
 from zoobot_pipeline.models import (
     DistributedConfig,
     FinetuneConfig,
@@ -118,6 +119,12 @@ class TorchBackend:
     def load_checkpoint(self, path: str | Path) -> ZoobotModel | FinetuneModel:
         """See :func:`zoobot_pipeline.models.torch.checkpoint.load_checkpoint`."""
         return load_checkpoint(path)
+
+    def export_onnx(self, checkpoint_dir: str | Path, onnx_path: str | Path) -> ExportedGraph:
+        """See :func:`zoobot_pipeline.models.torch.export.export_onnx`."""
+        from zoobot_pipeline.models.torch.export import export_onnx
+
+        return export_onnx(checkpoint_dir, onnx_path)
 
 
 BACKEND = TorchBackend()

@@ -9,11 +9,7 @@ written into a temporary directory beside the destination and renamed into place
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from zoobot_pipeline import __version__
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
+from zoobot_pipeline.io import atomic_directory, file_sha256
 from zoobot_pipeline.models import CHECKPOINT_JSON, FinetuneConfig, ModelConfig, TrainingConfig, read_checkpoint_json
 from zoobot_pipeline.models.torch.finetune import FinetuneModel, finetune_head
 from zoobot_pipeline.models.torch.model import ZoobotModel, create_backbone
@@ -34,25 +31,6 @@ __all__ = ["CHECKPOINT_FORMAT", "WEIGHTS_FILE", "load_checkpoint", "save_checkpo
 
 CHECKPOINT_FORMAT = "zoobot-pipeline-checkpoint/1"
 WEIGHTS_FILE = "model.safetensors"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _replace_directory(tmp: Path, destination: Path) -> None:
-    """Rename ``tmp`` onto ``destination``; an existing destination is moved aside first, then deleted."""
-    if not destination.exists():
-        os.replace(tmp, destination)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".old-{destination.name}.", dir=destination.parent))
-    os.replace(destination, old / destination.name)
-    os.replace(tmp, destination)
-    shutil.rmtree(old)
 
 
 def _model_meta(model: ZoobotModel | FinetuneModel) -> dict[str, Any]:
@@ -70,9 +48,7 @@ def save_checkpoint(model: ZoobotModel | FinetuneModel, directory: str | Path, p
                     training_config: TrainingConfig | None = None, metrics: dict[str, Any] | None = None) -> Path:
     """Write ``model`` (pretrained or finetuned) and its metadata to ``directory`` atomically; returns the directory."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_directory(directory) as tmp:
         weights = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
         save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": CHECKPOINT_FORMAT})
         meta = {
@@ -84,17 +60,9 @@ def save_checkpoint(model: ZoobotModel | FinetuneModel, directory: str | Path, p
             "metrics": metrics or {},
             "framework": {"name": "torch", "torch": torch.__version__, "timm": timm.__version__,
                           "safetensors": safetensors.__version__, "zoobot_pipeline": __version__},
-            "weights": {"file": WEIGHTS_FILE, "sha256": _sha256(tmp / WEIGHTS_FILE)},
+            "weights": {"file": WEIGHTS_FILE, "sha256": file_sha256(tmp / WEIGHTS_FILE)},
         }
         (tmp / CHECKPOINT_JSON).write_text(json.dumps(meta, indent=2) + "\n")
-        for path in (tmp / WEIGHTS_FILE, tmp / CHECKPOINT_JSON):
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-        os.chmod(tmp, 0o755)
-        _replace_directory(tmp, directory)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return directory
 
 
@@ -109,7 +77,7 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{directory}: unsupported checkpoint format {meta.get('format')!r}")
     weights_path = directory / meta["weights"]["file"]
-    if _sha256(weights_path) != meta["weights"]["sha256"]:
+    if file_sha256(weights_path) != meta["weights"]["sha256"]:
         raise ValueError(f"{weights_path}: sha256 does not match {CHECKPOINT_JSON}")
     source = str(directory / CHECKPOINT_JSON)
     schema = schema_from_dict(meta["schema"], source=source) if meta["schema"] is not None else None

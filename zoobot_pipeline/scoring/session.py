@@ -1,0 +1,112 @@
+"""onnxruntime sessions for model packages, and the seeded MC-dropout masks they are fed.
+
+A galaxy's masks come from ``numpy.random.default_rng([seed, h])`` with ``h`` a 64-bit BLAKE2b hash of its
+``id_str``, so its predictions never depend on which other galaxies share its batch, on the batch size, or on the
+worker that scored it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnxruntime as ort
+
+from zoobot_pipeline.export.package import ModelPackage
+
+__all__ = ["PROVIDERS", "Device", "PackageSession", "check_device", "dropout_masks", "make_session"]
+
+Device = Literal["cpu", "cuda", "tensorrt"]
+PROVIDERS: dict[str, list[str]] = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+def check_device(device: str) -> list[str]:
+    """The providers to request for ``device``; a clear error when this onnxruntime build lacks the first one."""
+    if device not in PROVIDERS:
+        raise ValueError(f"unknown device {device!r}; use one of {', '.join(PROVIDERS)}")
+    wanted = PROVIDERS[device][0]
+    available = ort.get_available_providers()
+    if wanted not in available:
+        raise RuntimeError(
+            f"device {device!r} needs onnxruntime's {wanted}, but this onnxruntime {ort.__version__} only has "
+            f"{', '.join(available)}; on a GPU host install onnxruntime-gpu (pip install 'zoobot-pipeline[gpu]') "
+            f"instead of onnxruntime, never both"
+        )
+    return PROVIDERS[device]
+
+
+def make_session(path: str | Path, device: str = "cpu", threads: int | None = None) -> ort.InferenceSession:
+    """An inference session on ``device`` with full graph optimisation; ``threads`` intra-op threads (default: all
+    cores). The first provider in ``get_providers()`` is checked to be the one asked for."""
+    providers = check_device(device)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=providers)
+    if session.get_providers()[0] != providers[0]:
+        raise RuntimeError(f"{path}: asked for {providers[0]} but onnxruntime gave {session.get_providers()}")
+    return session
+
+
+def _id_hash(id_str: str) -> int:
+    return int.from_bytes(hashlib.blake2b(id_str.encode(), digest_size=8).digest(), "little")
+
+
+def dropout_masks(ids: Sequence[str], n_samples: int, n_features: int, rate: float, seed: int = 0) -> np.ndarray:
+    """Inverted-dropout masks ``(len(ids), n_samples, n_features)``: 0 with probability ``rate``, else
+    ``1 / (1 - rate)``; each galaxy's from its own generator (see the module docstring)."""
+    masks = np.empty((len(ids), n_samples, n_features), dtype=np.float32)
+    keep = np.float32(1.0 / (1.0 - rate)) if rate < 1 else np.float32(0.0)
+    for i, id_str in enumerate(ids):
+        draws = np.random.default_rng([seed, _id_hash(str(id_str))]).random((n_samples, n_features))
+        masks[i] = np.where(draws >= rate, keep, np.float32(0.0))
+    return masks
+
+
+class PackageSession:
+    """A model package ready to predict: one onnxruntime session on one precision variant and device."""
+
+    def __init__(self, package: ModelPackage | str | Path, *, variant: str = "fp32", device: str = "cpu",
+                 threads: int | None = None) -> None:
+        self.package = package if isinstance(package, ModelPackage) else ModelPackage.open(package)
+        self.variant = variant
+        self.session = make_session(self.package.onnx_path(variant), device, threads)
+
+    @property
+    def providers(self) -> list[str]:
+        """The onnxruntime execution providers in use, first = preferred."""
+        return self.session.get_providers()
+
+    def run(self, images: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw graph call: ``(outputs (B, S, n_outputs), features (B, F))`` for given masks."""
+        return tuple(self.session.run(None, {"images": images, "dropout_mask": masks}))  # type: ignore[return-value]
+
+    def predict(self, images: np.ndarray, ids: Sequence[str], mc_samples: int | None = None,
+                seed: int = 0) -> np.ndarray:
+        """MC-dropout predictions ``(B, S, n_outputs)`` float32 for preprocessed ``images`` ``(B, C, H, W)``.
+
+        ``mc_samples=0`` gives one deterministic sample (dropout off). Outputs are Dirichlet concentrations, class
+        probabilities or regression values, by the package's task.
+        """
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        expected = self.package.input_shape
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            raise ValueError(f"expected images (batch, {', '.join(map(str, expected))}), got {images.shape}")
+        if len(ids) != len(images):
+            raise ValueError(f"{len(ids)} ids for {len(images)} images")
+        n_samples = self.package.mc_samples if mc_samples is None else mc_samples
+        if n_samples == 0:
+            masks = np.ones((len(images), 1, self.package.n_features), dtype=np.float32)
+        else:
+            masks = dropout_masks(ids, n_samples, self.package.n_features, self.package.dropout_rate, seed)
+        return self.run(images, masks)[0]
