@@ -17,3 +17,17 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$PY" benchmarks/cuda_check.py
 "$PY" benchmarks/training_throughput.py --device cuda --batch 128 --batches 20
 "$PY" benchmarks/training_throughput.py --device cpu --threads 16 --batch 32 --batches 4
+# Scoring: onnxruntime on the GPU (CUDA, then TensorRT, with fp16) when onnxruntime-gpu is installed; otherwise the
+# message users get, then CPU onnxruntime on 16 threads next to torch eager on the GPU. RELEASE: a release directory
+# made beforehand (the GPU machine has no GalSim), e.g. `zoobot-pipeline simulate --out .bench-release --galaxies 400
+# --tiles 2 --tile-size 1024`, carried with the run.
+RELEASE=${RELEASE:-.bench-release}
+"$PY" -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
+if "$PY" -c "import onnxruntime as o, sys; sys.exit('CUDAExecutionProvider' not in o.get_available_providers())"; then
+  "$PY" benchmarks/scoring_throughput.py --release "$RELEASE" --device cuda --batch 64 --epochs 3
+  "$PY" benchmarks/scoring_throughput.py --release "$RELEASE" --device tensorrt --batch 64 --epochs 3 || true
+else
+  "$PY" -c "from zoobot_pipeline.scoring.session import check_device; check_device('cuda')" || true
+  "$PY" benchmarks/scoring_throughput.py --release "$RELEASE" --device cpu --torch-device cuda --threads 16 \
+    --batch 32 --epochs 3
+fi

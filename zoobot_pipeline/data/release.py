@@ -128,6 +128,8 @@ class Tile:
         self._hduls: list[fits.HDUList] = []
         self._images: list[np.ndarray] = []
         self._wcs: list[WCS] = []
+        if not path.exists():
+            raise ReleaseError(f"{path}: tile {tile_id!r} has no file")
         try:
             if path.is_dir():
                 self._open_per_band()
@@ -209,8 +211,12 @@ class Release:
         self._slices = {str(ids[a]): (int(a), int(b - a)) for a, b in zip(starts, ends, strict=True)}
 
     @classmethod
-    def open(cls, path: str | Path) -> Release:
-        """Read ``release.json`` and ``sources.parquet`` and locate every tile; no image is opened yet."""
+    def open(cls, path: str | Path, *, allow_missing_tiles: bool = False) -> Release:
+        """Read ``release.json`` and ``sources.parquet`` and locate every tile; no image is opened yet.
+
+        A tile that sources reference but that has no file is an error, or with ``allow_missing_tiles`` is kept at
+        its expected path, where opening the tile fails (scoring records that tile as failed and goes on).
+        """
         path = Path(path)
         meta_path = path / "release.json"
         if not meta_path.is_file():
@@ -230,7 +236,9 @@ class Release:
         tile_paths = {}
         for tile_id in sorted(pc.unique(sources["tile_id"]).to_pylist()):
             tile_path = cls._locate_tile(path, info, tile_id)
-            if tile_path is None:
+            if tile_path is None and allow_missing_tiles:
+                tile_path = cls._expected_tile_path(path, info, tile_id)
+            elif tile_path is None:
                 raise ReleaseError(
                     f"{sources_path}: tile {tile_id!r} is referenced by sources but has no file under {path / 'tiles'}"
                 )
@@ -249,6 +257,11 @@ class Release:
             if candidate.exists():
                 return candidate
         return None
+
+    @staticmethod
+    def _expected_tile_path(root: Path, info: ReleaseInfo, tile_id: str) -> Path:
+        listed = info.tiles.get(tile_id) if isinstance(info.tiles, dict) else None
+        return root / listed if listed is not None else root / "tiles" / f"{tile_id}.fits"
 
     @property
     def bands(self) -> tuple[str, ...]:

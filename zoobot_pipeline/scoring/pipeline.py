@@ -1,0 +1,311 @@
+"""Score a data release with a model package into a Parquet catalogue (layout: :mod:`.catalogue`).
+
+Before any output is written, :func:`score_release` opens the package (checking every ONNX file's sha256), checks its
+bands and decision tree against the release and the requested device, and reads the metadata of any part files
+already in the output directory: parts written with another model or other settings are refused (``overwrite``
+replaces them). Then it scores tile by tile, in chunks of ``chunk_size`` sources (:mod:`.chunks`), in this process or
+on Ray Data (:mod:`.ray_data`), and writes each tile's part file atomically as soon as its last chunk is in. Memory
+holds one tile's catalogue rows (and, in this process, one chunk's images), whatever the size of the release.
+
+Resuming: a tile whose part file has the same settings and the same source ids is skipped; a tile that failed (its
+part file records ``tile_failed``) is tried again. A run killed at any point leaves only complete part files (and
+``.tmp-*`` files that readers ignore and the next run removes). One run at a time may write a catalogue (a lock on
+``CATALOGUE/.lock``, released when the process ends, however it ends).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from zoobot_pipeline import __version__
+from zoobot_pipeline.data.cutouts import CutoutSizing
+from zoobot_pipeline.data.release import Release
+from zoobot_pipeline.export.package import ModelPackage
+from zoobot_pipeline.scoring.catalogue import (
+    CATALOGUE_JSON,
+    FAILURES_FILE,
+    TILES_DIR,
+    RunSettings,
+    flag_counts,
+    part_files,
+    part_metadata,
+    part_path,
+    write_failures,
+    write_part,
+    write_summary_json,
+)
+from zoobot_pipeline.scoring.chunks import (
+    ChunkConfig,
+    ChunkScorer,
+    ScoredChunk,
+    TileJob,
+    open_tile,
+    prepare_chunk,
+)
+from zoobot_pipeline.scoring.session import check_device
+
+__all__ = ["ScoringError", "ScoringResult", "score_release"]
+
+
+class ScoringError(ValueError):
+    """A scoring run cannot start: options, device or output directory; the message says why."""
+
+
+@dataclass
+class ScoringResult:
+    """What a run did: totals over the whole catalogue, and the tiles this run scored, skipped or failed."""
+
+    out_dir: Path
+    executor: str
+    n_sources: int
+    n_scored: int
+    flagged: dict[str, int]
+    n_tiles: int
+    tiles_scored: int
+    tiles_skipped: int
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    chunks_by_node: dict[str, int] = field(default_factory=dict)
+
+
+def _check_options(batch_size: int, chunk_size: int, mc_samples: int | None, use_ray: bool, workers: int | None,
+                   gpus_per_worker: float, device: str, ray_address: str | None) -> None:
+    if batch_size < 1 or chunk_size < 1:
+        raise ScoringError(f"batch_size and chunk_size must be >= 1 (got {batch_size}, {chunk_size})")
+    if mc_samples is not None and mc_samples < 0:
+        raise ScoringError(f"mc_samples must be >= 0 (0: one pass with dropout off), got {mc_samples}")
+    if not use_ray and (workers is not None or gpus_per_worker):
+        raise ScoringError("workers and gpus_per_worker size the Ray actor pool: use Ray (--ray or --ray-address)")
+    if workers is not None and workers < 1:
+        raise ScoringError(f"workers must be >= 1, got {workers}")
+    if gpus_per_worker < 0:
+        raise ScoringError(f"gpus_per_worker must be >= 0, got {gpus_per_worker}")
+    if gpus_per_worker > 0 and device == "cpu":
+        raise ScoringError("gpus_per_worker > 0 needs device 'cuda' or 'tensorrt'")
+    if use_ray and device != "cpu" and gpus_per_worker == 0:
+        raise ScoringError(f"device {device!r} on Ray needs gpus_per_worker > 0 (Ray hides GPUs from actors "
+                           "that reserve none)")
+    if ray_address is not None:
+        return  # the device is checked on the cluster's GPU nodes, where the actors run (ray_data.ray_chunks)
+    try:
+        check_device(device)
+    except RuntimeError as err:
+        raise ScoringError(str(err)) from None
+
+
+def _sources_digest(sources: pa.Table) -> str:
+    """sha256 of a tile's ``id_str`` values in order: a part file is reused only for the same sources."""
+    return hashlib.sha256("\n".join(sources["id_str"].to_pylist()).encode()).hexdigest()
+
+
+def _existing_parts(out_dir: Path, settings: RunSettings, release: Release, overwrite: bool) -> dict[str, dict]:
+    """Metadata of the part files already in ``out_dir`` by tile id; refuses parts of other settings or tiles."""
+    existing: dict[str, dict] = {}
+    for path in [] if overwrite else part_files(out_dir):
+        try:
+            meta = part_metadata(path)
+        except (OSError, pa.ArrowInvalid) as err:
+            raise ScoringError(f"{path}: unreadable part file ({err}); delete it or use --overwrite") from None
+        differences = settings.differences(meta)
+        if differences:
+            raise ScoringError(f"{out_dir} holds a catalogue written with other settings ({path.name}: "
+                               f"{'; '.join(differences)}); write to another directory or use --overwrite to "
+                               "replace it")
+        if meta.get("tile_id") not in release.tile_paths:
+            raise ScoringError(f"{path}: tile {meta.get('tile_id')!r} has no sources in release {release.path}; "
+                               "write to another directory or use --overwrite")
+        existing[meta["tile_id"]] = meta
+    return existing
+
+
+@contextmanager
+def _exclusive(out_dir: Path) -> Iterator[None]:
+    """Hold ``out_dir/.lock`` for the run (the OS releases it when the process ends)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ScoringError(f"{out_dir}: another score run is writing this catalogue") from None
+        yield
+
+
+def _clear(out_dir: Path, overwrite: bool) -> None:
+    """Remove unfinished ``.tmp-*`` part files; with ``overwrite``, the catalogue's own files too."""
+    tiles = out_dir / TILES_DIR
+    for path in tiles.glob(".tmp-*") if tiles.is_dir() else ():
+        path.unlink()
+    if overwrite:
+        for path in [*part_files(out_dir), out_dir / FAILURES_FILE, out_dir / CATALOGUE_JSON]:
+            path.unlink(missing_ok=True)
+
+
+@contextmanager
+def _progress(enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
+    if not enabled:
+        yield lambda n: None
+        return
+    columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("galaxies"), TimeElapsedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns) as bar:
+        task = bar.add_task("scoring", total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def _local_chunks(jobs: list[TileJob], scorer: ChunkScorer, config: ChunkConfig,
+                  chunk_size: int) -> Iterator[ScoredChunk]:
+    """Score chunk by chunk in this process, one tile open at a time.
+
+    Cutting and preprocessing the next chunk in a thread while the model runs gained nothing measurable on 2 cores
+    (onnxruntime keeps both busy): see benchmarks/scoring_throughput.py.
+    """
+    for job in jobs:
+        tile, error = open_tile(job.tile_id, job.path, config.bands)
+        try:
+            n_chunks = job.n_chunks(chunk_size)
+            for index in range(n_chunks):
+                prepared = prepare_chunk(tile, error, job.chunk(index, chunk_size), config)
+                yield ScoredChunk(job.tile_id, index, n_chunks, scorer.score(prepared), prepared.tile_error)
+        finally:
+            if tile is not None:
+                tile.close()
+
+
+def _write_tiles(chunks: Iterator[ScoredChunk], jobs: list[TileJob], out_dir: Path, metadata: dict[str, str],
+                 advance: Callable[[int], None], nodes: Counter) -> list[dict[str, Any]]:
+    """Assemble each tile from its chunks (which arrive in order) and write its part file; returns the failures and
+    counts chunks by where they were scored into ``nodes``."""
+    by_id = {job.tile_id: job for job in jobs}
+    failures: list[dict[str, Any]] = []
+    parts: list[pa.Table] = []
+    errors: list[str] = []
+    for chunk in chunks:
+        nodes[chunk.scored_on] += 1
+        if chunk.index != len(parts):
+            raise RuntimeError(f"tile {chunk.tile_id}: chunk {chunk.index} arrived after {len(parts)} chunk(s)")
+        parts.append(chunk.table)
+        if chunk.tile_error is not None:
+            errors.append(chunk.tile_error)
+        advance(chunk.table.num_rows)
+        if chunk.index < chunk.n_chunks - 1:
+            continue
+        job = by_id[chunk.tile_id]
+        table = pa.concat_tables(parts)
+        if not table["id_str"].equals(job.sources["id_str"]):
+            raise RuntimeError(f"tile {job.tile_id}: catalogue rows do not match the tile's sources")
+        flagged = flag_counts(table["flag"])
+        counts = {"sources": table.num_rows, "scored": table.num_rows - sum(flagged.values()), "flagged": flagged}
+        meta = {**metadata, "tile_id": job.tile_id, "sources_digest": _sources_digest(job.sources),
+                "counts": json.dumps(counts), "created": datetime.now(UTC).isoformat(timespec="seconds")}
+        if errors:
+            meta["tile_failed"] = errors[0]
+            failures.append({"tile_id": job.tile_id, "path": str(job.path), "reason": errors[0],
+                             "n_sources": table.num_rows})
+        write_part(table, part_path(out_dir, job.tile_id), meta)
+        parts, errors = [], []
+    return failures
+
+
+def _totals(out_dir: Path) -> tuple[int, int, dict[str, int]]:
+    """(sources, scored, flagged rows by reason category) over every part file, from their metadata."""
+    n_sources, n_scored, flagged = 0, 0, Counter()
+    for path in part_files(out_dir):
+        counts = json.loads(part_metadata(path)["counts"])
+        n_sources += counts["sources"]
+        n_scored += counts["scored"]
+        flagged.update(counts["flagged"])
+    return n_sources, n_scored, dict(flagged)
+
+
+def score_release(release_dir: str | Path, package_dir: str | Path, out_dir: str | Path, *, batch_size: int = 32,
+                  chunk_size: int = 256, mc_samples: int | None = None, seed: int = 0, device: str = "cpu",
+                  variant: str = "fp32", threads: int | None = None, use_ray: bool = False,
+                  ray_address: str | None = None, workers: int | None = None, gpus_per_worker: float = 0.0,
+                  overwrite: bool = False, progress: bool = True) -> ScoringResult:
+    """Score every source of a release with a model package into the catalogue directory ``out_dir``.
+
+    ``mc_samples`` MC-dropout samples per galaxy (default: the package's; 0 = one pass with dropout off), masks
+    seeded by ``seed`` and each galaxy's id. ``use_ray`` (implied by ``ray_address``) runs on Ray Data: reading and
+    preprocessing in tasks, inference in a pool of ``workers`` actors (default: from the cluster's CPUs, or its GPUs
+    over ``gpus_per_worker``). ``threads`` sets onnxruntime's intra-op threads. See the module docstring for checks,
+    resuming and ``overwrite``.
+    """
+    start = time.perf_counter()
+    use_ray = use_ray or ray_address is not None
+    _check_options(batch_size, chunk_size, mc_samples, use_ray, workers, gpus_per_worker, device, ray_address)
+    package = ModelPackage.open(package_dir)
+    package.onnx_path(variant)
+    release = Release.open(Path(release_dir).resolve(), allow_missing_tiles=True)
+    package.check_release(release)
+    sizing = CutoutSizing()
+    settings = RunSettings(
+        model_sha256=package.sha256, variant=variant, task=package.task,
+        schema=package.schema.name if package.schema is not None else "", release=release.info.name,
+        mc_samples=package.mc_samples if mc_samples is None else mc_samples, seed=seed, chunk_size=chunk_size,
+        n_volunteers=package.n_volunteers, preprocessing=package.preprocessing.model_dump_json(),
+        cutout_sizing=sizing.model_dump_json())
+    out_dir = Path(out_dir)
+    existing = _existing_parts(out_dir, settings, release, overwrite)
+
+    source_columns = ["id_str", "ra", "dec", "tile_id"]
+    if sizing.size_column in release.sources.column_names:
+        source_columns.append(sizing.size_column)
+    jobs, skipped = [], 0
+    for tile_id in release.tile_ids:
+        sources = release.tile_sources(tile_id).select(source_columns)
+        done = existing.get(tile_id)
+        if done is not None and "tile_failed" not in done and done.get("sources_digest") == _sources_digest(sources):
+            skipped += 1
+        else:
+            jobs.append(TileJob(tile_id, release.tile_paths[tile_id], sources))
+    config = ChunkConfig(release.bands, release.info.pixel_scale_arcsec, sizing, package.preprocessing)
+    metadata = {**settings.metadata(), "package": str(package.path.resolve()), "release_path": str(release.path),
+                "code_version": __version__}
+    scorer_options = {"variant": variant, "device": device, "threads": threads, "batch_size": batch_size,
+                      "mc_samples": mc_samples, "seed": seed}
+
+    with _exclusive(out_dir):
+        _clear(out_dir, overwrite)
+        if use_ray:
+            from zoobot_pipeline.scoring.ray_data import ray_chunks
+
+            chunks = ray_chunks(jobs, package, config, chunk_size, scorer_options, ray_address=ray_address,
+                                workers=workers, gpus_per_worker=gpus_per_worker)
+        else:
+            chunks = _local_chunks(jobs, ChunkScorer(package, **scorer_options), config, chunk_size)
+        with _progress(progress, sum(job.sources.num_rows for job in jobs)) as advance:
+            nodes: Counter = Counter()
+            failures = _write_tiles(chunks, jobs, out_dir, metadata, advance, nodes)
+        write_failures(out_dir, failures)
+        n_sources, n_scored, flagged = _totals(out_dir)
+        if n_sources != release.sources.num_rows:
+            raise RuntimeError(f"{out_dir}: {n_sources} catalogue rows for {release.sources.num_rows} sources")
+        result = ScoringResult(out_dir, "ray" if use_ray else "in-process", n_sources, n_scored, flagged,
+                               len(release.tile_ids), len(jobs), skipped, failures, time.perf_counter() - start,
+                               dict(nodes))
+        write_summary_json(out_dir, {
+            "created": datetime.now(UTC).isoformat(timespec="seconds"), "code_version": __version__,
+            "executor": result.executor, "chunks_by_node": result.chunks_by_node,
+            "release": {"name": release.info.name, "path": str(release.path)},
+            "model": {"package": metadata["package"], "sha256": package.sha256, "variant": variant,
+                      "task": package.task, "schema": settings.schema},
+            "settings": {"mc_samples": settings.mc_samples, "seed": seed, "chunk_size": chunk_size,
+                         "n_volunteers": settings.n_volunteers, "batch_size": batch_size, "device": device},
+            "counts": {"sources": n_sources, "scored": n_scored, "flagged": flagged, "tiles": result.n_tiles,
+                       "tiles_failed": len(failures)},
+            "failed_tiles": [f["tile_id"] for f in failures],
+        })
+    return result
