@@ -1,0 +1,88 @@
+"""Figures a person wants after scoring a release: the least and most certain galaxies, and where acquisition falls.
+
+Both read only the catalogue columns they need (id, acquisition, flag, the first question's fractions), so they
+suit releases of millions of sources; the grid renders only the galaxies it shows, from the release's tiles.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+
+from zoobot_pipeline.data.cutouts import release_cutouts
+from zoobot_pipeline.data.release import Release
+from zoobot_pipeline.data.render import contact_sheet, render_rgb, write_image
+from zoobot_pipeline.io import atomic_path
+from zoobot_pipeline.schemas import Schema, get_schema
+from zoobot_pipeline.scoring.catalogue import part_files, part_metadata, read_catalogue
+
+__all__ = ["acquisition_histogram", "certainty_grid"]
+
+
+def _schema(catalogue: Path) -> Schema:
+    files = part_files(catalogue)
+    if not files:
+        raise FileNotFoundError(f"{catalogue}: no catalogue part files")
+    return get_schema(part_metadata(files[0])["schema"])
+
+
+def certainty_grid(catalogue: str | Path, release_dir: str | Path, out: str | Path, n: int = 6,
+                   size: int = 160) -> Path:
+    """A PNG grid: the ``n`` scored galaxies with the highest acquisition (least certain) on top, the ``n`` with the
+    lowest (most certain) below, each captioned with its acquisition and first-question fractions."""
+    catalogue = Path(catalogue)
+    schema = _schema(catalogue)
+    first = schema.questions[0]
+    fraction_columns = [f"{label}_fraction" for label in first.label_cols]
+    table = read_catalogue(catalogue, ["id_str", "acquisition", "flag", *fraction_columns])
+    table = table.filter(pc.is_null(table["flag"]))
+    if table.num_rows == 0:
+        raise ValueError(f"{catalogue}: no scored galaxies to show")
+    order = np.argsort(table["acquisition"].to_numpy(), kind="stable")
+    shown = [*order[::-1][:n], *order[:n]]
+    rows = {table["id_str"][int(i)].as_py(): (rank, int(i)) for rank, i in enumerate(shown)}
+    release = Release.open(release_dir)
+    images: list[np.ndarray | None] = [None] * len(shown)
+    captions = [""] * len(shown)
+    answers = [label.rsplit("_", 1)[-1] for label in first.label_cols]
+    for id_str, cut in release_cutouts(release, list(rows)):
+        rank, i = rows[id_str]
+        images[rank] = render_rgb(cut.data, release.bands, size=size)
+        kind = "least certain" if rank < n else "most certain"
+        fractions = " ".join(f"{answer} {table[col][i].as_py():.2f}"
+                             for answer, col in zip(answers, fraction_columns, strict=True))
+        captions[rank] = f"{kind}: acq {table['acquisition'][i].as_py():.3f}\n{fractions}"
+    kept = [(image, caption) for image, caption in zip(images, captions, strict=True) if image is not None]
+    sheet = contact_sheet([k[0] for k in kept], [k[1] for k in kept], columns=min(n, len(kept)))
+    return write_image(sheet, out)
+
+
+def acquisition_histogram(catalogue: str | Path, out: str | Path, queued: int | None = None) -> Path:
+    """A PNG histogram of the acquisition score of scored galaxies (log counts), with the score of the ``queued``-th
+    best marked when given."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = read_catalogue(Path(catalogue), ["acquisition", "flag"])
+    scores = table.filter(pc.is_null(table["flag"]))["acquisition"].to_numpy()
+    if len(scores) == 0:
+        raise ValueError(f"{catalogue}: no scored galaxies")
+    figure, axes = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    axes.hist(scores, bins=50, color="#4c72b0")
+    axes.set_yscale("log")
+    axes.set_xlabel("acquisition: sum over questions of mutual information x P(asked) [nat]")
+    axes.set_ylabel("galaxies")
+    axes.set_title(f"{len(scores)} scored galaxies")
+    if queued:
+        threshold = np.sort(scores)[::-1][min(queued, len(scores)) - 1]
+        axes.axvline(threshold, color="#c44e52", linestyle="--", label=f"top {queued} queued")
+        axes.legend()
+    figure.tight_layout()
+    with atomic_path(out) as tmp:
+        figure.savefig(tmp, format="png")
+    plt.close(figure)
+    return Path(out)
