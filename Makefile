@@ -19,8 +19,12 @@ $(INSTALLED): pyproject.toml $(CONSTRAINTS)
 	$(BIN)/python -m pip install --quiet --no-deps -c $(CONSTRAINTS) galaxy-datasets
 	touch $@
 
+# The demo's Prefect runs go to a temporary local API with its SQLite database under $(DEMO_OUT)/.prefect, unless
+# PREFECT_API_URL points at a server.
 demo: $(INSTALLED)
-	$(BIN)/zoobot-pipeline demo --out $(DEMO_OUT)
+	mkdir -p $(DEMO_OUT)/.prefect
+	PREFECT_HOME=$${PREFECT_HOME:-$(abspath $(DEMO_OUT))/.prefect} PREFECT_SERVER_ANALYTICS_ENABLED=false \
+		$(BIN)/python -m flows.demo --out $(DEMO_OUT)
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest -q
@@ -34,3 +38,8 @@ bench: $(INSTALLED)
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache
+
+# Docker image (and the Apptainer .sif with SIF=1) built with buildah, no Docker daemon: see containers/README.md.
+.PHONY: images
+images:
+	containers/build.sh $(if $(SIF),--sif)

@@ -22,7 +22,9 @@ runner = CliRunner()
 def test_every_command_has_help():
     for args in (["--help"], ["simulate", "--help"], ["schema", "show", "--help"], ["schema", "list", "--help"],
                  ["schema", "validate", "--help"], ["release", "check", "--help"], ["render", "--help"],
-                 ["demo", "--help"]):
+                 ["pretrain", "--help"], ["finetune", "--help"], ["export", "--help"], ["score", "--help"],
+                 ["catalogue", "summary", "--help"], ["rank", "--help"], ["queue", "manifest", "--help"],
+                 ["queue", "upload", "--help"], ["queue", "merge-votes", "--help"]):
         result = runner.invoke(app, args)
         assert result.exit_code == 0, (args, result.output)
         assert "Usage" in result.output

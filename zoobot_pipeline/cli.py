@@ -171,23 +171,6 @@ def render(
     console.print(f"wrote {written} images to {out}")
 
 
-@app.command()
-@_user_errors
-def demo(
-    out: Annotated[Path, typer.Option(help="Directory for everything the demo writes.")] = Path("demo-output"),
-    galaxies: Annotated[int, typer.Option(help="Sources in the simulated release.")] = 1000,
-    tiles: Annotated[int, typer.Option(help="Tiles in the simulated release.")] = 2,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    architecture: Annotated[str, typer.Option(help="timm architecture to pretrain.")] = "resnet18",
-    input_size: Annotated[int, typer.Option(help="Model input size in pixels.")] = 64,
-    epochs: Annotated[int, typer.Option(help="Pretraining epochs.")] = 15,
-) -> None:
-    """Run the pipeline end to end on built-in simulated data (no network)."""
-    from zoobot_pipeline.demo import run_demo
-
-    run_demo(out, galaxies, tiles, seed, architecture, input_size, epochs, console=console)
-
-
 Epochs = Annotated[int, typer.Option(help="Maximum epochs (early stopping on validation loss may end sooner).")]
 BatchSize = Annotated[int, typer.Option(help="Galaxies per batch (per worker).")]
 LearningRate = Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW).")]

@@ -6,6 +6,7 @@ readers and overwritten by the next run.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -20,7 +21,10 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-__all__ = ["atomic_directory", "atomic_path", "file_sha256", "read_table", "write_json_atomic", "write_parquet_atomic"]
+__all__ = [
+    "atomic_directory", "atomic_path", "exclusive_lock", "file_sha256", "read_table", "write_json_atomic",
+    "write_parquet_atomic",
+]
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -68,6 +72,20 @@ def atomic_directory(destination: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+@contextmanager
+def exclusive_lock(lock_file: str | Path, busy: Exception) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_file`` (created, with its folder) for the block, or raise ``busy`` at
+    once if another process holds it. The OS releases the lock when the process ends, however it ends."""
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise busy from None
+        yield
 
 
 def write_parquet_atomic(table: pa.Table, destination: str | Path, **kwargs: Any) -> Path:

@@ -46,7 +46,7 @@ def certainty_grid(catalogue: str | Path, release_dir: str | Path, out: str | Pa
     release = Release.open(release_dir)
     images: list[np.ndarray | None] = [None] * len(shown)
     captions = [""] * len(shown)
-    answers = [label.rsplit("_", 1)[-1] for label in first.label_cols]
+    answers = [label.rsplit("_", 1)[-1][:7] for label in first.label_cols]  # short enough for a caption
     for id_str, cut in release_cutouts(release, list(rows)):
         rank, i = rows[id_str]
         images[rank] = render_rgb(cut.data, release.bands, size=size)

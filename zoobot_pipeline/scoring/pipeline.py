@@ -15,7 +15,6 @@ part file records ``tile_failed``) is tried again. A run killed at any point lea
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import time
@@ -34,6 +33,7 @@ from zoobot_pipeline import __version__
 from zoobot_pipeline.data.cutouts import CutoutSizing
 from zoobot_pipeline.data.release import Release
 from zoobot_pipeline.export.package import ModelPackage
+from zoobot_pipeline.io import exclusive_lock
 from zoobot_pipeline.scoring.catalogue import (
     CATALOGUE_JSON,
     FAILURES_FILE,
@@ -129,18 +129,6 @@ def _existing_parts(out_dir: Path, settings: RunSettings, release: Release, over
                                "write to another directory or use --overwrite")
         existing[meta["tile_id"]] = meta
     return existing
-
-
-@contextmanager
-def _exclusive(out_dir: Path) -> Iterator[None]:
-    """Hold ``out_dir/.lock`` for the run (the OS releases it when the process ends)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / ".lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ScoringError(f"{out_dir}: another score run is writing this catalogue") from None
-        yield
 
 
 def _clear(out_dir: Path, overwrite: bool) -> None:
@@ -277,7 +265,8 @@ def score_release(release_dir: str | Path, package_dir: str | Path, out_dir: str
     scorer_options = {"variant": variant, "device": device, "threads": threads, "batch_size": batch_size,
                       "mc_samples": mc_samples, "seed": seed}
 
-    with _exclusive(out_dir):
+    busy = ScoringError(f"{out_dir}: another score run is writing this catalogue")
+    with exclusive_lock(out_dir / ".lock", busy):
         _clear(out_dir, overwrite)
         if use_ray:
             from zoobot_pipeline.scoring.ray_data import ray_chunks

@@ -1,0 +1,183 @@
+"""Scoring and queueing flows: ``score_release`` (release + model package -> Parquet catalogue) and ``rank_and_queue``
+(catalogue -> priority queue -> Zooniverse manifest -> optional upload, a dry run by default).
+
+Retries are where a rerun is safe: scoring resumes (finished tiles are skipped, failed tiles retried), the manifest
+reuses the images already rendered, and the upload skips the subjects its state file records. Errors that a rerun
+cannot fix (bad options, a package that does not fit the release: ``ValueError`` and its subclasses) fail at once.
+
+Ranking is not retried, because every rank run queues the *next* ``top_k`` galaxies. ``run_key`` makes it idempotent
+instead: the first run under a key records its timestamp in ``QUEUE/flow-keys/{run_key}.json`` before ranking, the
+run id follows from that timestamp, and a later run under the same key (a retry, or a flow restarted after a crash)
+finds that run's file and reuses it rather than queueing more galaxies.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow.parquet as pq
+from prefect import Task, flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import TaskRun
+from prefect.states import State
+
+from flows.reports import artifact_key, markdown_table, publish_link, publish_table, queue_sheet
+from zoobot_pipeline.active.manifest import write_manifest
+from zoobot_pipeline.active.ranking import QUEUE_FILE, RUNS_DIR, rank_catalogue
+from zoobot_pipeline.active.zooniverse import DEFAULT_ENDPOINT, UploadReport, upload_manifest
+from zoobot_pipeline.io import write_json_atomic, write_parquet_atomic
+from zoobot_pipeline.scoring import pipeline
+from zoobot_pipeline.scoring.pipeline import ScoringResult
+from zoobot_pipeline.scoring.summary import QUANTILES, summarize_catalogue
+
+__all__ = ["KEYS_DIR", "QueueResult", "rank_and_queue", "score_release"]
+
+KEYS_DIR = "flow-keys"
+QUEUE_SHOWN = 20
+_FAILURE_COLUMNS = ("tile_id", "path", "reason", "n_sources")
+_QUEUE_COLUMNS = ("rank", "id_str", "acquisition", "top_question", "ra", "dec", "tile_id")
+
+
+def retry_unless_bad_input(task: Task, task_run: TaskRun, state: State) -> bool:
+    """Prefect retry condition: retry I/O, cluster and service errors, not a ``ValueError`` (a bad input)."""
+    return not isinstance(state.result(raise_on_failure=False), ValueError)
+
+
+@task(name="score-catalogue", retries=2, retry_delay_seconds=30, retry_condition_fn=retry_unless_bad_input,
+      cache_policy=NO_CACHE)
+def score_catalogue(release_dir: Path, package_dir: Path, out_dir: Path, options: dict[str, Any]) -> ScoringResult:
+    """:func:`zoobot_pipeline.scoring.pipeline.score_release` (resumes a catalogue written with the same settings)."""
+    return pipeline.score_release(release_dir, package_dir, out_dir, progress=False, **options)
+
+
+@flow(name="score-release")
+def score_release(release_dir: Path, package_dir: Path, out_dir: Path, batch_size: int = 32, chunk_size: int = 256,
+                  mc_samples: int | None = None, seed: int = 0, device: str = "cpu", variant: str = "fp32",
+                  threads: int | None = None, use_ray: bool = False, ray_address: str | None = None,
+                  workers: int | None = None, gpus_per_worker: float = 0.0, overwrite: bool = False) -> ScoringResult:
+    """Score every source of a release with a model package into the catalogue directory ``out_dir``, in this
+    process or on Ray Data (``use_ray``, or a running cluster at ``ray_address``)."""
+    options = {"batch_size": batch_size, "chunk_size": chunk_size, "mc_samples": mc_samples, "seed": seed,
+               "device": device, "variant": variant, "threads": threads, "use_ray": use_ray,
+               "ray_address": ray_address, "workers": workers, "gpus_per_worker": gpus_per_worker,
+               "overwrite": overwrite}
+    result = score_catalogue(release_dir, package_dir, out_dir, options)
+    summary = summarize_catalogue(result.out_dir)
+    name = summary.metadata.get("release", release_dir.name)
+    flagged = ", ".join(f"{n} {reason}" for reason, n in sorted(result.flagged.items())) or "none"
+    distributions = [{"column": summary.label(d.column), "mean": d.mean,
+                      **{f"q{round(q * 100):02d}": d.quantile(q) for q in QUANTILES}}
+                     for d in summary.distributions]
+    create_markdown_artifact(
+        key=artifact_key("score", name), description=f"score-release: catalogue of {name}",
+        markdown=f"# {name}: {result.n_scored} of {result.n_sources} galaxies scored\n\n"
+                 f"- catalogue: `{result.out_dir.resolve()}`\n- flagged: {flagged}\n"
+                 f"- tiles: {result.n_tiles} ({result.tiles_scored} scored by this run, {result.tiles_skipped} "
+                 f"already done, {len(result.failures)} failed)\n"
+                 f"- executor: {result.executor}, {result.seconds:.1f} s\n\n"
+                 + markdown_table(distributions, ["column", "mean", *(f"q{round(q * 100):02d}" for q in QUANTILES)]))
+    publish_table(artifact_key("score", name, "failures"), result.failures, _FAILURE_COLUMNS,
+                  f"score-release: tiles of {name} that could not be read (retried by the next run)")
+    get_run_logger().info("%s: %d of %d galaxies scored into %s", name, result.n_scored, result.n_sources, out_dir)
+    return result
+
+
+def run_id_of(created: datetime) -> str:
+    """The queue run id that :func:`~zoobot_pipeline.active.ranking.rank_catalogue` derives from ``created``."""
+    return created.astimezone(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+@task(name="rank-catalogue", cache_policy=NO_CACHE)
+def rank_queue(catalogue: Path, queue_dir: Path, top_k: int, run_key: str | None, options: dict[str, Any]) -> Path:
+    """Rank ``catalogue`` into a new run of ``queue_dir`` (or, under a ``run_key`` used before, reuse that run);
+    returns the run file."""
+    created = datetime.now(UTC)
+    if run_key is not None:
+        key_file = queue_dir / KEYS_DIR / f"{run_key}.json"
+        if key_file.is_file():
+            created = datetime.fromisoformat(json.loads(key_file.read_text())["created"])
+        else:
+            write_json_atomic({"run_key": run_key, "created": created.isoformat()}, key_file)
+        run_file = queue_dir / RUNS_DIR / f"{run_id_of(created)}.parquet"
+        if run_file.is_file():
+            get_run_logger().info("run key %r: reusing queue run %s", run_key, run_file.name)
+            if run_file == max((queue_dir / RUNS_DIR).glob("*.parquet")):
+                write_parquet_atomic(pq.read_table(run_file), queue_dir / QUEUE_FILE)  # it may have missed this
+            return run_file
+    rank_catalogue(catalogue, top_k, queue_dir=queue_dir, created=created, **options)
+    return queue_dir / RUNS_DIR / f"{run_id_of(created)}.parquet"
+
+
+@task(name="write-manifest", retries=1, retry_condition_fn=retry_unless_bad_input, cache_policy=NO_CACHE)
+def make_manifest(run_file: Path, release_dir: Path, manifest_dir: Path, image_format: str) -> Path:
+    """:func:`zoobot_pipeline.active.manifest.write_manifest` (reuses images already written)."""
+    return write_manifest(run_file, release_dir, manifest_dir, image_format)
+
+
+@task(name="upload-manifest", retries=2, retry_delay_seconds=60, retry_condition_fn=retry_unless_bad_input,
+      cache_policy=NO_CACHE)
+def upload_subjects(manifest_dir: Path, project_id: int, subject_set_id: int, endpoint: str,
+                    dry_run: bool) -> UploadReport:
+    """:func:`zoobot_pipeline.active.zooniverse.upload_manifest` (resumes from its state file)."""
+    return upload_manifest(manifest_dir, project_id, subject_set_id, endpoint=endpoint, dry_run=dry_run)
+
+
+@dataclass(frozen=True)
+class QueueResult:
+    """What ``rank_and_queue`` made: the queue run file, its manifest, and the upload report (if asked for)."""
+
+    run_file: Path
+    run_id: str
+    queued: int
+    manifest: Path
+    sheet: Path | None
+    upload: UploadReport | None
+
+
+@flow(name="rank-and-queue")
+def rank_and_queue(catalogue: Path, release_dir: Path, queue_dir: Path, top_k: int = 100,
+                   acquisition: str = "mutual_information", weights: dict[str, float] | None = None,
+                   exclude_votes: Path | None = None, min_votes: int = 3, schema_name: str | None = None,
+                   per_tile_quota: int | None = None, seed: int = 0, run_key: str | None = None,
+                   manifest_dir: Path | None = None, image_format: Literal["png", "jpeg"] = "png",
+                   project_id: int | None = None, subject_set_id: int | None = None,
+                   endpoint: str = DEFAULT_ENDPOINT, dry_run: bool = True) -> QueueResult:
+    """Rank a catalogue into ``queue_dir`` (skipping galaxies queued there before and, with ``exclude_votes``, those
+    with ``min_votes`` votes), write the Zooniverse manifest with one image per galaxy (default directory
+    ``QUEUE/manifests/{run_id}``) and, given a project and subject set, upload it (``dry_run`` reports only)."""
+    options = {"acquisition": acquisition, "weights": weights, "exclude_votes": exclude_votes,
+               "min_votes": min_votes, "schema": schema_name, "per_tile_quota": per_tile_quota, "seed": seed}
+    run_file = rank_queue(catalogue, queue_dir, top_k, run_key, options)
+    queue = pq.read_table(run_file)
+    run_id = run_file.stem
+    manifest_dir = manifest_dir or queue_dir / "manifests" / run_id
+    manifest_csv = make_manifest(run_file, release_dir, manifest_dir, image_format)
+    rows = queue.select(list(_QUEUE_COLUMNS)).to_pylist()
+    sheet = queue_sheet(rows, manifest_dir, image_format, queue_dir / "plots" / f"{run_id}-top.png")
+    report = None
+    if project_id is not None and subject_set_id is not None:
+        report = upload_subjects(manifest_dir, project_id, subject_set_id, endpoint, dry_run)
+
+    release = queue.column("release")[0].as_py() if queue.num_rows else release_dir.name
+    settings = json.loads(queue.schema.metadata[b"zoobot_pipeline.rank"])
+    upload_line = "not requested (no project and subject set given)" if report is None else (
+        f"{'dry run: would upload' if report.dry_run else 'uploaded'} {len(report.to_upload)} of {report.total} "
+        f"subjects ({report.already_uploaded} uploaded before) to subject set {subject_set_id}")
+    create_markdown_artifact(
+        key=artifact_key("queue", release), description=f"rank-and-queue: queue run {run_id}",
+        markdown=f"# {release}: {queue.num_rows} galaxies queued (run {run_id})\n\n"
+                 f"- acquisition: {acquisition}; read {settings['rows_read']} rows, skipped "
+                 f"{settings['skipped_flagged']} flagged, {settings['skipped_labelled']} labelled, "
+                 f"{settings['skipped_queued']} queued before\n- queue: `{run_file.resolve()}`\n"
+                 f"- manifest: `{manifest_csv.resolve()}`\n- upload: {upload_line}\n")
+    publish_table(artifact_key("queue", release, "top"), rows[:QUEUE_SHOWN], _QUEUE_COLUMNS,
+                  f"rank-and-queue: the first {QUEUE_SHOWN} galaxies of run {run_id}")
+    if sheet is not None:
+        publish_link(artifact_key("queue", release, "sheet"), sheet, f"top of the queue ({sheet.name})",
+                     f"rank-and-queue: PNG contact sheet of the first galaxies of run {run_id}")
+    return QueueResult(run_file, run_id, queue.num_rows, manifest_csv, sheet, report)
