@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Builds the zoobot-pipeline image with buildah (no Docker daemon needed), saves it as a docker-archive and, with
+# --sif, converts that into an Apptainer image. Re-running reuses the base image, cached layers and archives.
+#
+# Usage: containers/build.sh [--sif]
+# Environment (all optional):
+#   BUILD_DIR          build state: container storage, archives, .sif (default ~/.cache/zoobot-pipeline-containers)
+#   IMAGE              tag to build (default localhost/zoobot-pipeline:VERSION, with -gpu for the GPU variant)
+#   BASE               base image; by default python:3.11-slim-bookworm if it can be pulled, else a Debian bookworm
+#                      image made with mmdebstrap from DEBIAN_MIRROR (default: the bookworm mirror apt uses here)
+#   ONNXRUNTIME_EXTRA  scoring (onnxruntime, CPU) or gpu (onnxruntime-gpu)
+#   PIP_CA             CA bundle pip trusts inside the build, passed as a build secret (default: the system bundle)
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUILD_DIR=${BUILD_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/zoobot-pipeline-containers}
+ONNXRUNTIME_EXTRA=${ONNXRUNTIME_EXTRA:-scoring}
+PIP_CA=${PIP_CA:-/etc/ssl/certs/ca-certificates.crt}
+VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$REPO/pyproject.toml")
+UPSTREAM_BASE=docker.io/library/python:3.11-slim-bookworm
+LOCAL_BASE=localhost/debian-base:bookworm
+APPTAINER_IMAGE=localhost/apptainer:sid
+NICE=(nice -n 19 ionice -c3)
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'build.sh: %s\n' "$*" >&2; exit 1; }
+
+sif=0
+for arg in "$@"; do
+    case $arg in
+        --sif) sif=1 ;;
+        -h|--help) sed -n '2,13s/^# \{0,1\}//p' "$0"; exit 0 ;;
+        *) die "unknown argument '$arg' (try --help)" ;;
+    esac
+done
+case $ONNXRUNTIME_EXTRA in
+    scoring) IMAGE=${IMAGE:-localhost/zoobot-pipeline:$VERSION} ;;
+    gpu) IMAGE=${IMAGE:-localhost/zoobot-pipeline:$VERSION-gpu} ;;
+    *) die "ONNXRUNTIME_EXTRA must be 'scoring' or 'gpu', not '$ONNXRUNTIME_EXTRA'" ;;
+esac
+for tool in buildah podman; do
+    command -v "$tool" >/dev/null \
+        || die "$tool not found: apt-get install buildah podman runc uidmap fuse-overlayfs slirp4netns mmdebstrap"
+done
+[[ -r $PIP_CA ]] || die "PIP_CA=$PIP_CA is not readable"
+
+# Storage and engine settings for these builds only, selected by environment variables (nothing system-wide).
+# runc: crun fails on hybrid cgroup hosts; the ulimits are the highest such hosts allow.
+mkdir -p "$BUILD_DIR"
+export CONTAINERS_STORAGE_CONF=$BUILD_DIR/storage.conf CONTAINERS_CONF=$BUILD_DIR/containers.conf
+cat > "$CONTAINERS_STORAGE_CONF" <<EOF
+[storage]
+driver = "overlay"
+graphroot = "$BUILD_DIR/storage"
+runroot = "$BUILD_DIR/run"
+EOF
+cat > "$CONTAINERS_CONF" <<EOF
+[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+EOF
+
+# The Debian archive to bootstrap from: DEBIAN_MIRROR, else the one apt is configured with (it serves every suite).
+debian_mirror() {
+    local mirror=${DEBIAN_MIRROR:-}
+    if [[ -z $mirror ]] && command -v apt-get >/dev/null; then
+        mirror=$(apt-get indextargets --format '$(REPO_URI)' 'Origin: Debian' 'Label: Debian' 'Identifier: Packages' \
+            | head -n 1)
+    fi
+    [[ -n $mirror ]] || die "no Debian archive in apt's configuration (run apt-get update?): set DEBIAN_MIRROR"
+    echo "$mirror"
+}
+
+# A root filesystem from mmdebstrap, imported as an image (skipped when the image exists).
+debootstrap_image() {
+    local image=$1 suite=$2 packages=$3 tarball=$BUILD_DIR/$4.tar mirror
+    podman image exists "$image" && return
+    if [[ ! -f $tarball ]]; then
+        mirror=$(debian_mirror)
+        log "building $image with mmdebstrap from $mirror (about a minute)"
+        "${NICE[@]}" mmdebstrap --variant=minbase --format=tar --include="$packages" \
+            --aptopt='Acquire::Check-Valid-Until "false"' "$suite" "$tarball.partial" "$mirror"
+        mv "$tarball.partial" "$tarball"
+    fi
+    podman import "$tarball" "$image" >/dev/null
+}
+
+if [[ -z ${BASE:-} ]]; then
+    if podman image exists "$UPSTREAM_BASE" || timeout 60 podman pull --quiet "$UPSTREAM_BASE" >/dev/null 2>&1; then
+        BASE=$UPSTREAM_BASE
+    else
+        log "cannot pull $UPSTREAM_BASE; using a Debian bookworm base instead"
+        command -v mmdebstrap >/dev/null || die "mmdebstrap not found: apt-get install mmdebstrap (or set BASE)"
+        debootstrap_image "$LOCAL_BASE" bookworm python3,python3-venv,python3-pip,ca-certificates debian-base-bookworm
+        BASE=$LOCAL_BASE
+    fi
+fi
+
+log "building $IMAGE from $BASE (first build downloads torch and its CUDA libraries: several GB)"
+start=$SECONDS
+"${NICE[@]}" buildah bud --pull=never --layers --format docker \
+    --file "$REPO/containers/Dockerfile" --ignorefile "$REPO/containers/Dockerfile.dockerignore" \
+    --build-arg BASE="$BASE" --build-arg ONNXRUNTIME_EXTRA="$ONNXRUNTIME_EXTRA" \
+    --secret id=pip_ca,src="$PIP_CA" \
+    --tag "$IMAGE" "$REPO"
+log "built $IMAGE in $((SECONDS - start)) s"
+podman run --rm --network=none --no-healthcheck "$IMAGE" --version
+
+# The archive is rewritten only when the image changed (its ID is kept beside it).
+id=$(podman image inspect --format '{{.Id}}' "$IMAGE")
+name=$(basename "${IMAGE//:/-}")
+archive=$BUILD_DIR/$name.tar
+if [[ $(cat "$archive.id" 2>/dev/null) != "$id" ]]; then
+    log "saving $archive"
+    rm -f "$archive" "$archive.id"
+    "${NICE[@]}" podman save --format docker-archive --output "$archive" "$IMAGE"
+    echo "$id" > "$archive.id"
+fi
+log "docker-archive: $archive ($(du -h "$archive" | cut -f1)); load it with: docker load -i $archive"
+
+if (( sif )); then
+    sif_file=$BUILD_DIR/$name.sif
+    if [[ $(cat "$sif_file.id" 2>/dev/null) == "$id" ]]; then
+        log "$sif_file is up to date"
+    elif command -v apptainer >/dev/null; then
+        rm -f "$sif_file.id"
+        "${NICE[@]}" apptainer build --force --build-arg archive="$archive" "$sif_file" \
+            "$REPO/containers/zoobot-pipeline.def"
+        echo "$id" > "$sif_file.id"
+    else
+        # No apptainer on this host (Debian 12 has none): run Debian sid's in a container. Where the host withholds
+        # a capability from root, the build's %test (which asks for all of them) fails, so run it as `apptainer test`
+        # with root's default capabilities off.
+        log "apptainer not found; running it from a Debian sid container"
+        debootstrap_image "$APPTAINER_IMAGE" sid apptainer,squashfs-tools,ca-certificates apptainer-sid
+        rm -f "$sif_file.id"
+        "${NICE[@]}" podman run --rm --privileged --network=none \
+            -v "$BUILD_DIR:/build" -v "$REPO/containers/zoobot-pipeline.def:/zoobot-pipeline.def:ro" \
+            "$APPTAINER_IMAGE" sh -c 'set -e
+                sed -i "s/^root default capabilities = .*/root default capabilities = no/" /etc/apptainer/apptainer.conf
+                apptainer build --force --notest --build-arg "archive=$1" "$2" /zoobot-pipeline.def
+                apptainer test "$2"' sh "/build/$name.tar" "/build/$name.sif"
+        echo "$id" > "$sif_file.id"
+    fi
+    log "Apptainer image: $sif_file ($(du -h "$sif_file" | cut -f1))"
+fi
