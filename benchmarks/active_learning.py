@@ -1,0 +1,344 @@
+"""Label efficiency of active learning: galaxies chosen by mutual information (BALD) against galaxies chosen at random.
+
+Run: .venv/bin/python benchmarks/active_learning.py [--work DIR] [--png PATH] [--seeds 0 1 2] [--entropy]
+     .venv/bin/python benchmarks/active_learning.py --analyse DIR     (print and plot a finished or running run again)
+
+1. Simulates a pretraining release (its own seed: none of the experiment's galaxies) and pretrains resnet18 at 64 px
+   on its votes: the encoder every round starts from (why: ``zoobot_pipeline.active.loop``'s docstring).
+2. Simulates the experiment's release (every source with simulated volunteer votes, revealed only when acquired)
+   and runs ``zoobot_pipeline.active.loop.run_experiment``: per seed a test set and an initial labelled set, then
+   rounds of finetune -> export -> score the release -> acquire K -> reveal their votes -> merge, per strategy.
+3. Prints the test NLL and accuracy per strategy and number of labels (mean and standard deviation over seeds, and
+   the paired difference to random), how many labels mutual information needs to reach random's test NLL
+   (interpolated along the mean curves), whether the round-0 model's MI and entropy single out the test galaxies it
+   predicts worst, and what each strategy acquired; draws the curves into a PNG (Pillow; matplotlib is not a
+   dependency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from PIL import Image, ImageDraw, ImageFont
+from scipy.stats import spearmanr
+
+from zoobot_pipeline import models
+from zoobot_pipeline.active.acquisition import entropy, mutual_information
+from zoobot_pipeline.active.loop import ExperimentConfig, RoundConfig, galaxy_nll, run_experiment
+from zoobot_pipeline.data.preprocessing import PreprocessingConfig
+from zoobot_pipeline.data.simulate import simulate_release
+from zoobot_pipeline.data.votes import read_votes, vote_matrix
+from zoobot_pipeline.schemas import get_schema
+from zoobot_pipeline.scoring.catalogue import read_catalogue
+from zoobot_pipeline.stats import dirichlet_multinomial_nll
+
+COLOURS = {"mutual_information": (200, 60, 40), "random": (40, 90, 200), "entropy": (40, 150, 70)}
+LABELS = {"mutual_information": "mutual information (BALD)", "random": "random", "entropy": "predictive entropy"}
+
+
+def curves(results: pa.Table, metric: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Per strategy: (labels, mean, std over seeds, values (seeds, rounds)) of ``metric``, rounds every seed
+    finished."""
+    out = {}
+    rows = results.to_pylist()
+    for strategy in dict.fromkeys(r["strategy"] for r in rows):
+        mine = [r for r in rows if r["strategy"] == strategy]
+        seeds = sorted({r["seed"] for r in mine})
+        n_rounds = min(sum(r["seed"] == s for r in mine) for s in seeds)
+        values = np.array([[r[metric] for r in sorted((r for r in mine if r["seed"] == s), key=lambda r: r["round"])]
+                           [:n_rounds] for s in seeds])
+        labels = np.array(sorted({r["n_labelled"] for r in mine}))[:n_rounds]
+        out[strategy] = (labels, values.mean(axis=0), values.std(axis=0, ddof=1) if len(seeds) > 1
+                         else np.zeros(n_rounds), values)
+    return out
+
+
+def labels_to_reach(labels: np.ndarray, nll: np.ndarray, target: float) -> float | None:
+    """Labels at which the piecewise-linear curve first reaches ``target`` NLL, or None if it never does."""
+    if nll[0] <= target:
+        return float(labels[0])
+    for i in range(1, len(nll)):
+        if nll[i] <= target:
+            return float(labels[i - 1] + (nll[i - 1] - target) / (nll[i - 1] - nll[i]) * (labels[i] - labels[i - 1]))
+    return None
+
+
+def paired_difference(results: pa.Table, strategy: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, mean, sd over seeds) of ``strategy``'s test NLL minus random's for the same seed (same test set and
+    start)."""
+    nll = curves(results, "test_nll")
+    labels, _, _, values = nll[strategy]
+    random_values = nll["random"][3]
+    n = min(values.shape[1], random_values.shape[1])
+    diff = values[:, :n] - random_values[:, :n]
+    return labels[:n], diff.mean(axis=0), diff.std(axis=0, ddof=1) if len(diff) > 1 else np.zeros(n)
+
+
+def _fewer(needed: float, labels: float) -> str:
+    saving = 1 - needed / labels
+    return f"{100 * saving:.0f}% fewer" if saving >= 0 else f"{-100 * saving:.0f}% more"
+
+
+def print_efficiency(results: pa.Table, strategy: str = "mutual_information") -> None:
+    """How many labels ``strategy`` needs to reach random's test NLL at each of random's points, and a verdict from
+    the paired difference after the last round."""
+    nll = curves(results, "test_nll")
+    if strategy not in nll or "random" not in nll:
+        return
+    labels, mean, _, values = nll[strategy]
+    r_labels, r_mean, _, r_values = nll["random"]
+    print(f"\nlabels {strategy} needs to reach random's mean test NLL (interpolated along the mean curves):")
+    for n, target in zip(r_labels[1:], r_mean[1:], strict=True):
+        if target >= r_mean[0]:
+            said = "no comparison: random is not below the round-0 NLL here"
+        else:
+            needed = labels_to_reach(labels, mean, target)
+            said = (f"{needed:.0f} ({_fewer(needed, n)})" if needed is not None
+                    else f"not reached within {labels[-1]} labels")
+        print(f"  random at {n} labels: NLL {target:.3f} -> {strategy}: {said}")
+    shown = []
+    for mine, theirs in zip(values, r_values, strict=True):
+        needed = labels_to_reach(labels, mine, theirs[-1])
+        shown.append("random not below start" if theirs[-1] >= theirs[0] else "not reached" if needed is None
+                     else _fewer(needed, r_labels[-1]))
+    print(f"  per seed, labels needed for random's NLL at {r_labels[-1]} labels: {', '.join(shown)}")
+    _, diff, sd = paired_difference(results, strategy)
+    se = sd[-1] / np.sqrt(len(values))
+    verdict = ("(one seed: no verdict) vs random" if len(values) < 2 else "beats random" if diff[-1] < -2 * se
+               else "is worse than random" if diff[-1] > 2 * se else "is not distinguishable from random")
+    print(f"  after the last round {strategy} {verdict}: test NLL minus random's {diff[-1]:+.3f} +- {se:.3f} "
+          f"(paired mean +- standard error over {len(values)} seeds)")
+
+
+def print_table(results: pa.Table) -> None:
+    nll, accuracy = curves(results, "test_nll"), curves(results, "accuracy")
+    print(f"\n{'strategy':>20} {'labels':>6} {'test NLL (mean +- sd)':>22} {'minus random (paired)':>22} "
+          f"{'accuracy':>16}")
+    for strategy, (labels, mean, std, _) in nll.items():
+        paired = paired_difference(results, strategy) if strategy != "random" and "random" in nll else None
+        for i, n in enumerate(labels):
+            shown = f"{paired[1][i]:+.3f} +- {paired[2][i]:.3f}" if paired is not None and i < len(paired[0]) else ""
+            a_mean, a_std = accuracy[strategy][1][i], accuracy[strategy][2][i]
+            print(f"{strategy:>20} {n:>6} {mean[i]:>13.3f} +- {std[i]:.3f} {shown:>22} {a_mean:>9.3f} +- {a_std:.3f}")
+
+
+def print_informativeness(out: Path, release: Path, schema_name: str) -> None:
+    """Spearman correlation, on test galaxies, between the round-0 model's acquisition scores and (a) its per-galaxy
+    test NLL, (b) its excess NLL over the true answer probabilities (multinomial votes given the truth's ``p_``
+    columns): (b) takes out the volunteers' sampling noise, which no model can predict, leaving how far the model is
+    from the truth."""
+    schema = get_schema(schema_name)
+    truth = pq.read_table(release / "truth.parquet")
+    print("\nround-0 models: do the scores single out the test galaxies predicted worst? Spearman correlation with the "
+          "per-galaxy test NLL / with the excess NLL over the true probabilities:")
+    for seed_dir in sorted(out.glob("seed_*")):
+        catalogue = seed_dir / "round_0" / "catalogue"
+        if not catalogue.is_dir():
+            continue
+        initial = pq.read_table(seed_dir / "initial.parquet", columns=["id_str"])["id_str"]
+        known = read_votes(seed_dir / "known_votes.parquet", schema)
+        test = known.filter(pc.invert(pc.is_in(known["id_str"], value_set=initial)))
+        nll = galaxy_nll(catalogue, test, schema)
+        counts = vote_matrix(test.take(pc.index_in(nll["id_str"], value_set=test["id_str"])), schema)
+        true = truth.take(pc.index_in(nll["id_str"], value_set=truth["id_str"]))
+        p = np.stack([true[f"p_{c}"].to_numpy() for c in schema.label_cols], axis=1)
+        truth_nll = dirichlet_multinomial_nll(counts, np.clip(p, 1e-9, None) * 1e9, schema).sum(axis=1)
+        excess = nll["nll"].to_numpy() - truth_nll
+        table = read_catalogue(catalogue)
+        table = table.take(pc.index_in(nll["id_str"], value_set=table["id_str"]))
+        shown = []
+        for name, score in (("mutual information", mutual_information(table)), ("entropy", entropy(table))):
+            rho_nll = spearmanr(score, nll["nll"]).statistic
+            rho_excess = spearmanr(score, excess).statistic
+            shown.append(f"{name} {rho_nll:+.2f} / {rho_excess:+.2f}")
+        print(f"  {seed_dir.name}: {', '.join(shown)} (n={nll.num_rows}; mean excess NLL {excess.mean():.2f})")
+
+
+def print_acquired(out: Path, release: Path) -> None:
+    path = out / "acquired.parquet"
+    if not path.is_file():
+        return
+    acquired = pq.read_table(path)
+    truth = pq.read_table(release / "truth.parquet")
+    kinds = sorted(set(truth["kind"].to_pylist()))
+    print("\nwhat was acquired (share of each true kind; the release as a whole for comparison):")
+    print(f"{'':>20} " + " ".join(f"{k:>9}" for k in kinds) + f" {'mag_r':>6} {'r50':>5} {'visib.':>6}")
+
+    def line(name: str, table: pa.Table) -> None:
+        kind = np.asarray(table["kind"].to_pylist())
+        shares = " ".join(f"{(kind == k).mean():>9.3f}" for k in kinds)
+        print(f"{name:>20} {shares} {np.mean(table['mag_r'].to_numpy()):>6.2f} "
+              f"{np.mean(table['r50_arcsec'].to_numpy()):>5.2f} {np.nanmean(table['visibility'].to_numpy()):>6.2f}")
+
+    line("release", truth)
+    for strategy in dict.fromkeys(acquired["strategy"].to_pylist()):
+        mine = acquired.filter(pc.equal(acquired["strategy"], strategy))
+        line(strategy, mine)
+        if strategy != "random":
+            top = mine["top_question"].value_counts().to_pylist()
+            top = sorted(top, key=lambda v: -v["counts"])[:4]
+            print(f"{'':>20} driving question: " + ", ".join(
+                f"{v['values']} {v['counts'] / mine.num_rows:.2f}" for v in top))
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def _ticks(lo: float, hi: float, n: int = 5) -> np.ndarray:
+    raw = (hi - lo) / n
+    magnitude = 10 ** np.floor(np.log10(raw))
+    step = magnitude * min((m for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw), default=10)
+    return np.arange(np.ceil(lo / step) * step, hi + step * 1e-9, step)
+
+
+def _panel(image: Image.Image, box: tuple[int, int, int, int], data: dict, ylabel: str, title: str) -> None:
+    """One line plot: mean per strategy with a +-1 sd band over seeds, inside ``box`` (left, top, right, bottom)."""
+    draw = ImageDraw.Draw(image)
+    font, small = _font(15), _font(12)
+    left, top, right, bottom = box[0] + 70, box[1] + 30, box[2] - 15, box[3] - 50
+    xs = np.concatenate([d[0] for d in data.values()]).astype(float)
+    lows = np.concatenate([d[1] - d[2] for d in data.values()])
+    highs = np.concatenate([d[1] + d[2] for d in data.values()])
+    x0, x1 = xs.min(), xs.max()
+    pad = 0.08 * max(highs.max() - lows.min(), 1e-6)
+    y0, y1 = lows.min() - pad, highs.max() + pad
+
+    def px(x: float, y: float) -> tuple[float, float]:
+        return (left + (x - x0) / (x1 - x0) * (right - left), bottom - (y - y0) / (y1 - y0) * (bottom - top))
+
+    for y in _ticks(y0, y1):
+        _, py = px(x0, y)
+        draw.line([(left, py), (right, py)], fill=(230, 230, 230))
+        draw.text((left - 8, py), f"{y:g}", fill="black", font=small, anchor="rm")
+    for x in np.unique(xs):
+        qx, _ = px(x, y0)
+        draw.line([(qx, bottom), (qx, bottom + 5)], fill="black")
+        draw.text((qx, bottom + 8), f"{x:g}", fill="black", font=small, anchor="mt")
+    overlay = Image.new("RGBA", image.size, (0, 0, 0, 0))
+    bands = ImageDraw.Draw(overlay)
+    for strategy, (x, mean, std) in data.items():
+        polygon = [px(a, b) for a, b in zip(x, mean + std, strict=True)]
+        polygon += [px(a, b) for a, b in zip(x[::-1], (mean - std)[::-1], strict=True)]
+        bands.polygon(polygon, fill=(*COLOURS.get(strategy, (90, 90, 90)), 50))
+    image.alpha_composite(overlay)
+    draw = ImageDraw.Draw(image)
+    for strategy, (x, mean, _) in data.items():
+        colour = COLOURS.get(strategy, (90, 90, 90))
+        points = [px(a, b) for a, b in zip(x, mean, strict=True)]
+        draw.line(points, fill=colour, width=3)
+        for qx, qy in points:
+            draw.ellipse([qx - 4, qy - 4, qx + 4, qy + 4], fill=colour)
+    draw.rectangle([left, top, right, bottom], outline="black")
+    draw.text(((left + right) / 2, box[1] + 8), title, fill="black", font=font, anchor="mt")
+    draw.text(((left + right) / 2, box[3] - 18), "labelled galaxies", fill="black", font=font, anchor="mm")
+    label = Image.new("RGBA", (bottom - top, 22), (0, 0, 0, 0))
+    ImageDraw.Draw(label).text(((bottom - top) / 2, 11), ylabel, fill="black", font=font, anchor="mm")
+    image.alpha_composite(label.rotate(90, expand=True), (box[0] + 4, top))
+    for i, strategy in enumerate(data):
+        y = top + 12 + 20 * i
+        draw.line([(right - 230, y), (right - 200, y)], fill=COLOURS.get(strategy, (90, 90, 90)), width=3)
+        draw.text((right - 192, y), LABELS.get(strategy, strategy), fill="black", font=small, anchor="lm")
+
+
+def plot(results: pa.Table, png: Path, question: str) -> None:
+    """Test NLL, its paired difference to random, and accuracy against labelled galaxies; mean and +-1 sd band over
+    seeds."""
+    image = Image.new("RGBA", (1800, 560), "white")
+    n_seeds = len(set(results["seed"].to_pylist()))
+    nll = {s: c[:3] for s, c in curves(results, "test_nll").items()}
+    accuracy = {s: c[:3] for s, c in curves(results, "accuracy").items()}
+    paired = {s: paired_difference(results, s) for s in nll if s != "random"} if "random" in nll else {}
+    _panel(image, (0, 20, 600, 560), nll, "test NLL per galaxy (nats)", "test NLL, summed over questions")
+    _panel(image, (600, 20, 1200, 560), paired, "test NLL minus random's (nats)",
+           "test NLL minus random's, same seed")
+    _panel(image, (1200, 20, 1800, 560), accuracy, "accuracy", f"accuracy, {question} (clear true answers)")
+    ImageDraw.Draw(image).text((900, 10), f"mean and +-1 sd over {n_seeds} seed(s); each seed has its own test "
+                               "set and initial labelled set, shared by its strategies", fill=(80, 80, 80),
+                               font=_font(13), anchor="mt")
+    png.parent.mkdir(parents=True, exist_ok=True)
+    image.convert("RGB").save(png)
+
+
+def analyse(out: Path, png: Path) -> None:
+    summary = json.loads((out / "experiment.json").read_text())
+    config = ExperimentConfig.model_validate(summary["config"])
+    results = pq.read_table(out / "results.parquet")
+    per_seed = len(config.strategies) * (config.n_rounds + 1)
+    seeds = [s for s in config.seeds if results["seed"].to_pylist().count(s) == per_seed]
+    results = results.filter(pc.is_in(results["seed"], value_set=pa.array(seeds, results["seed"].type)))
+    print(f"\n{len(seeds)} of {len(config.seeds)} seeds finished; results of those:")
+    if not seeds:
+        return
+    print_table(results)
+    print_efficiency(results)
+    if "entropy" in config.strategies:
+        print_efficiency(results, "entropy")
+    print_informativeness(out, Path(summary["release"]), config.round.schema_name)
+    print_acquired(out, Path(summary["release"]))
+    plot(results, png, config.question)
+    print(f"\nplot: {png}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=None, help="folder for releases, models and results")
+    parser.add_argument("--png", type=Path, default=None, help="default: WORK/active_learning.png")
+    parser.add_argument("--analyse", type=Path, default=None, help="print and plot the results in this folder")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--entropy", action="store_true", help="also run predictive entropy as a strategy")
+    parser.add_argument("--pool", type=int, default=2000, help="pool galaxies (the release minus test and initial)")
+    parser.add_argument("--test", type=int, default=500)
+    parser.add_argument("--initial", type=int, default=100)
+    parser.add_argument("--top-k", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--n-blocks", default="1", help="encoder blocks unfrozen when finetuning (or 'all')")
+    parser.add_argument("--pretrain-galaxies", type=int, default=1000)
+    parser.add_argument("--pretrain-epochs", type=int, default=15)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--architecture", default="resnet18")
+    args = parser.parse_args()
+    if args.analyse is not None:
+        analyse(args.analyse, args.png or args.analyse / "active_learning.png")
+        return
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="active-learning-"))
+    started = time.perf_counter()
+    preprocessing = PreprocessingConfig.gz_decals(input_size=args.size)
+    model_config = models.ModelConfig.from_preprocessing(preprocessing, architecture=args.architecture)
+    pre_release = simulate_release(work / "pretrain_release", args.pretrain_galaxies, 1, seed=1000,
+                                   labelled_fraction=1.0, workers=2)
+    pretrained = models.pretrain(pre_release, pre_release / "votes.parquet", work / "pretrained", model_config,
+                                 models.TrainingConfig(epochs=args.pretrain_epochs, batch_size=32, patience=5),
+                                 preprocessing)
+    print(f"pretrained {args.architecture} at {args.size} px on {args.pretrain_galaxies} other galaxies "
+          f"({time.perf_counter() - started:.0f} s)", flush=True)
+
+    n_galaxies = args.pool + args.test + args.initial
+    release = simulate_release(work / "release", n_galaxies, max(1, n_galaxies // 1000), seed=2000,
+                               labelled_fraction=1.0, workers=2)
+    strategies = ("mutual_information", "random", *(("entropy",) if args.entropy else ()))
+    config = ExperimentConfig(
+        strategies=strategies, seeds=tuple(args.seeds), n_test=args.test, n_initial=args.initial, top_k=args.top_k,
+        n_rounds=args.rounds,
+        round=RoundConfig(pretrained=str(pretrained), model=model_config, preprocessing=preprocessing,
+                          training=models.TrainingConfig(epochs=args.epochs, batch_size=32, patience=4),
+                          n_blocks=args.n_blocks if args.n_blocks == "all" else int(args.n_blocks)))
+    print(f"release: {n_galaxies} sources ({time.perf_counter() - started:.0f} s)", flush=True)
+    run_experiment(release, work / "results", config, log=lambda line: print(
+        f"[{time.perf_counter() - started:5.0f} s] {line}", flush=True))
+    analyse(work / "results", args.png or work / "active_learning.png")
+    print(f"total {time.perf_counter() - started:.0f} s; work folder {work}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""The active-learning loop's mechanics on a small simulated release with a tiny model: rounds run, the labelled set
+grows by K per round with the volunteers' own votes, nothing is acquired twice, test galaxies never are, the
+strategies share their start, MI picks what the previous model was most uncertain about, and the results read back."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from zoobot_pipeline.active.acquisition import mutual_information
+from zoobot_pipeline.active.loop import (
+    RESULT_COLUMNS,
+    ExperimentConfig,
+    RoundConfig,
+    reveal_votes,
+    run_experiment,
+)
+from zoobot_pipeline.data.preprocessing import PreprocessingConfig
+from zoobot_pipeline.data.simulate import simulate_release
+from zoobot_pipeline.data.votes import read_votes, vote_matrix
+from zoobot_pipeline.models import ModelConfig, TrainingConfig
+from zoobot_pipeline.schemas import get_schema
+from zoobot_pipeline.scoring.catalogue import read_catalogue
+
+torch.set_num_threads(2)
+SCHEMA = get_schema("decals_dr5")
+N_TEST, N_INITIAL, TOP_K, N_ROUNDS = 12, 16, 8, 2
+
+
+def ids_of(path) -> set[str]:
+    return set(pq.read_table(path, columns=["id_str"])["id_str"].to_pylist())
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    root = tmp_path_factory.mktemp("active-loop")
+    release = simulate_release(root / "release", 72, 1, seed=5, labelled_fraction=1.0)
+    preprocessing = PreprocessingConfig.gz_decals(input_size=32)
+    round_config = RoundConfig(
+        model=ModelConfig.from_preprocessing(preprocessing, architecture="test_resnet"), preprocessing=preprocessing,
+        training=TrainingConfig(epochs=1, batch_size=8, augmentation=None), mc_samples=3)
+    config = ExperimentConfig(strategies=("mutual_information", "random"), seeds=(4,), n_test=N_TEST,
+                              n_initial=N_INITIAL, top_k=TOP_K, n_rounds=N_ROUNDS, keep_models=True, round=round_config)
+    lines: list[str] = []
+    results = run_experiment(release, root / "out", config, log=lines.append)
+    return release, root / "out", config, results, lines
+
+
+def test_rounds_run_and_the_labelled_set_grows_by_k(experiment):
+    _, out, config, results, lines = experiment
+    assert results.column_names == list(RESULT_COLUMNS)
+    rows = results.to_pylist()
+    assert [(r["strategy"], r["round"]) for r in rows] == [
+        (s, r) for s in config.strategies for r in range(N_ROUNDS + 1)]
+    for row in rows:
+        assert row["n_labelled"] == N_INITIAL + TOP_K * row["round"]
+        assert np.isfinite(row["test_nll"]) and row["test_nll"] > 0 and 0 <= row["accuracy"] <= 1
+    assert len(lines) == 1 + len(config.strategies) * N_ROUNDS
+    # both strategies start from the one round-0 model
+    start = [r for r in rows if r["round"] == 0]
+    assert start[0] | {"strategy": None} == start[1] | {"strategy": None}
+
+
+def test_results_files_read_back(experiment):
+    _, out, config, results, _ = experiment
+    assert pq.read_table(out / "results.parquet").equals(results)
+    saved = json.loads((out / "experiment.json").read_text())
+    assert ExperimentConfig.model_validate(saved["config"]) == config
+    acquired = pq.read_table(out / "acquired.parquet")
+    assert acquired.num_rows == len(config.strategies) * N_ROUNDS * TOP_K
+    assert set(acquired["kind"].to_pylist()) <= {"smooth", "featured", "edge_on", "merger", "star", "artifact"}
+
+
+def test_nothing_acquired_twice_and_test_galaxies_never(experiment):
+    release, out, config, _, _ = experiment
+    seed_dir = out / "seed_4"
+    initial = ids_of(seed_dir / "initial.parquet")
+    test = ids_of(seed_dir / "known_votes.parquet") - initial
+    assert len(initial) == N_INITIAL and len(test) == N_TEST
+    acquired = pq.read_table(out / "acquired.parquet")
+    oracle = read_votes(release / "votes.parquet", SCHEMA)
+    for strategy in config.strategies:
+        picked = acquired.filter(pc.equal(acquired["strategy"], strategy))["id_str"].to_pylist()
+        assert len(set(picked)) == len(picked) == N_ROUNDS * TOP_K
+        assert not set(picked) & (initial | test)
+        final = read_votes(seed_dir / strategy / f"round_{N_ROUNDS}" / "labelled.parquet", SCHEMA)
+        assert set(final["id_str"].to_pylist()) == initial | set(picked)
+        # the revealed votes are the volunteers' own, counted once
+        expected = oracle.take(pc.index_in(final["id_str"], value_set=oracle["id_str"]))
+        np.testing.assert_array_equal(vote_matrix(final, SCHEMA), vote_matrix(expected, SCHEMA))
+        # each round's queue history holds exactly what that strategy acquired
+        queued = pa.concat_tables(pq.read_table(p) for p in sorted((seed_dir / strategy / "queue" / "runs").iterdir()))
+        assert sorted(queued["id_str"].to_pylist()) == sorted(picked)
+
+
+def test_mutual_information_takes_the_most_uncertain_eligible_galaxies(experiment):
+    _, out, _, _, _ = experiment
+    seed_dir = out / "seed_4"
+    catalogue = read_catalogue(seed_dir / "round_0" / "catalogue")
+    excluded = ids_of(seed_dir / "known_votes.parquet")
+    eligible = catalogue.filter(pc.and_(pc.is_null(catalogue["flag"]),
+                                        pc.invert(pc.is_in(catalogue["id_str"], value_set=pa.array(sorted(excluded))))))
+    scores = mutual_information(eligible)
+    expected = set(np.asarray(eligible["id_str"].to_pylist())[np.argsort(-scores, kind="stable")[:TOP_K]])
+    acquired = pq.read_table(out / "acquired.parquet")
+    first = acquired.filter(pc.and_(pc.equal(acquired["strategy"], "mutual_information"),
+                                    pc.equal(acquired["round"], 1)))
+    assert set(first["id_str"].to_pylist()) == expected
+    random_first = acquired.filter(pc.and_(pc.equal(acquired["strategy"], "random"), pc.equal(acquired["round"], 1)))
+    assert set(random_first["id_str"].to_pylist()) != expected
+
+
+def test_reveal_votes_refuses_a_galaxy_without_votes(tmp_path, experiment):
+    release = experiment[0]
+    queue = pa.table({"id_str": ["syn_000001", "not_a_galaxy"]})
+    with pytest.raises(ValueError, match="not_a_galaxy"):
+        reveal_votes(queue, release / "votes.parquet", tmp_path / "new.parquet", SCHEMA)
+
+
+def test_config_refuses_unknown_strategies_and_questions():
+    with pytest.raises(ValueError, match="strategies"):
+        ExperimentConfig(strategies=("mutual_information", "bald"))
+    with pytest.raises(ValueError, match="no question"):
+        ExperimentConfig(question="is-it-a-cat")

@@ -1,0 +1,346 @@
+"""Active-learning rounds, and the label-efficiency experiment that compares acquisition functions with them.
+
+A round, as the production loop runs it, is made of the library's own pieces:
+
+1. :func:`train_and_score`: finetune on the labelled votes (from a pretrained checkpoint, or from scratch), export
+   the model as an ONNX package, and score the whole release into a catalogue (``score_release``).
+2. :func:`run_round`: rank that catalogue with an acquisition function into the queue directory (``rank_catalogue``),
+   skipping galaxies that had votes when the loop started (``known_votes``), flagged cutouts, and every galaxy any
+   earlier round queued (the queue's history); get the queued galaxies' votes (from Galaxy Zoo in production, from the
+   simulated volunteers with :func:`reveal_votes` in the experiment); merge them into the labelled set
+   (``merge_votes``); train and score again.
+
+The label-efficiency experiment (:func:`run_experiment`), on a simulated release where every source has simulated
+volunteer votes (``labelled_fraction=1``; a galaxy's votes are used only once it is acquired) and a known truth:
+
+- Splits, per seed: ``n_test`` galaxies drawn at random are the test set, never trained on and never acquired (they
+  are in ``known_votes``); ``n_initial`` more drawn at random are the initial labelled set; the rest is the pool.
+  The same seed gives the same test and initial sets to every strategy.
+- Round 0 trains once per seed on the initial set; every strategy acquires its first ``top_k`` from that one
+  catalogue, so all curves of a seed start from the same model. Then each strategy runs ``n_rounds`` rounds of
+  acquire ``top_k`` -> reveal -> merge -> retrain -> rescore.
+- Every round retrains from the same start (the pretrained checkpoint, or a fresh random encoder), not from the
+  previous round's model, as Walmsley et al. (2020, MNRAS 491, 1554) retrain each round: a round's model depends
+  only on its labelled set, not on the path that led to it. The training seed is the experiment seed.
+- Measured after every round (:func:`evaluate_catalogue`, from the catalogue's columns): the test NLL (Dirichlet-
+  Multinomial of the volunteers' votes given the catalogue's concentrations, summed over questions, mean over the
+  test galaxies that were scored; their set does not depend on the model) with its standard error, and the accuracy
+  on one question (most likely answer by the expected vote fractions against the truth's most likely answer) over
+  test galaxies whose true answer is clear (true probability >= ``clear_threshold``).
+- The start. From scratch, resnet18 at 64 px on 100-400 random labels stays worse than the best constant model
+  (test NLL 36.4, 33.6, 34.4 against 33.1-33.2, measured while building this): with a few hundred labels a fresh
+  encoder learns only population means, so no acquisition function could show anything. An encoder pretrained on
+  many labels of the same distribution would leave extra labels little to teach. So the benchmark pretrains once, on
+  the votes of 1000 galaxies of a separate simulated release (other seed, none of the experiment's galaxies), and
+  every round finetunes a new Dirichlet head plus the top encoder block (``n_blocks=1``) from it, 10 epochs. Measured
+  on random labels: test NLL 33.9 with 100 labels, 33.0 with 300, 32.3 with 500 (constant model 33.0-33.2; the
+  pretrained model itself 32.1): labels matter over the whole range the experiment covers.
+- Sizes (the benchmark's defaults): 500 test galaxies, 100 initial, K = 100 per round, 4 rounds (100 -> 500 labels),
+  a pool of 2000, 3 seeds: 27 finetune + export + score rounds, about 30 minutes on 2 CPU cores.
+
+Output of :func:`run_experiment` (every file replaced atomically after every round, so a killed run keeps what it
+measured): ``results.parquet`` (one row per seed, strategy and round; :data:`RESULT_COLUMNS`), ``acquired.parquet``
+(every acquired galaxy with its rank, score, driving question and true kind, for looking at what each acquisition
+function picks) and ``experiment.json`` (the configuration and the splits' sizes). Work files live under
+``out_dir/seed_{seed}/``; model checkpoints and packages are deleted after scoring unless ``keep_models``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from zoobot_pipeline import __version__
+from zoobot_pipeline.active.acquisition import ACQUISITION_FUNCTIONS
+from zoobot_pipeline.active.ranking import rank_catalogue
+from zoobot_pipeline.active.votes_merge import merge_votes
+from zoobot_pipeline.data.preprocessing import PreprocessingConfig
+from zoobot_pipeline.data.votes import read_votes, vote_matrix
+from zoobot_pipeline.export import export_package
+from zoobot_pipeline.io import write_json_atomic, write_parquet_atomic
+from zoobot_pipeline.models import FinetuneConfig, ModelConfig, TrainingConfig, finetune, read_checkpoint_json
+from zoobot_pipeline.schemas import Schema, get_schema
+from zoobot_pipeline.scoring.catalogue import read_catalogue
+from zoobot_pipeline.scoring.pipeline import score_release
+from zoobot_pipeline.stats import dirichlet_multinomial_nll
+
+__all__ = [
+    "RESULT_COLUMNS", "ExperimentConfig", "RoundConfig", "RoundResult", "TrainedModel", "evaluate_catalogue",
+    "galaxy_nll", "reveal_votes", "run_experiment", "run_round", "train_and_score",
+]
+
+RESULT_COLUMNS = (
+    "seed", "strategy", "round", "n_labelled", "test_nll", "test_nll_se", "accuracy", "n_test", "n_clear",
+    "best_epoch", "train_seconds", "score_seconds",
+)
+RESULTS_FILE = "results.parquet"
+ACQUIRED_FILE = "acquired.parquet"
+EXPERIMENT_JSON = "experiment.json"
+_TRUTH_COLUMNS = ("kind", "mag_r", "r50_arcsec", "visibility")
+
+
+class RoundConfig(BaseModel):
+    """How every round trains and scores: start, model, preprocessing, optimisation, MC dropout.
+
+    With ``pretrained`` the encoder, its architecture and its preprocessing are the checkpoint's (``model`` and
+    ``preprocessing`` are then unused); without it every block trains from a random start (``n_blocks`` unused).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    pretrained: str | None = Field(default=None, description="pretrained checkpoint to finetune; None: from scratch")
+    model: ModelConfig = ModelConfig(architecture="resnet18", input_size=64)
+    preprocessing: PreprocessingConfig = PreprocessingConfig.gz_decals(input_size=64)
+    training: TrainingConfig = TrainingConfig(epochs=10, batch_size=32, patience=4)
+    n_blocks: int | Literal["all"] = Field(default="all", description="unfrozen encoder blocks when finetuning")
+    schema_name: str = "decals_dr5"
+    mc_samples: int = Field(default=5, ge=1)
+    n_volunteers: int = Field(default=40, ge=1, description="votes per galaxy assumed by vote-space MI and entropy")
+
+
+class ExperimentConfig(BaseModel):
+    """The label-efficiency experiment's design (see the module docstring)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    strategies: tuple[str, ...] = ("mutual_information", "random")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    n_test: int = Field(default=500, ge=1)
+    n_initial: int = Field(default=100, ge=2)
+    top_k: int = Field(default=100, ge=1)
+    n_rounds: int = Field(default=4, ge=1)
+    question: str = "smooth-or-featured-dr5"
+    clear_threshold: float = Field(default=0.7, gt=0, le=1)
+    keep_models: bool = False
+    round: RoundConfig = RoundConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> ExperimentConfig:
+        unknown = [s for s in self.strategies if s not in ACQUISITION_FUNCTIONS]
+        if unknown or not self.strategies or len(set(self.strategies)) != len(self.strategies):
+            raise ValueError(f"strategies must be distinct names from {ACQUISITION_FUNCTIONS}, got {self.strategies}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}")
+        try:
+            get_schema(self.round.schema_name).question(self.question)
+        except KeyError as err:
+            raise ValueError(str(err.args[0])) from None
+        return self
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """What :func:`train_and_score` made: the checkpoint, its package, the release's catalogue, the best epoch, and
+    seconds spent finetuning and exporting (``train_seconds``) and scoring (``score_seconds``)."""
+
+    checkpoint: Path
+    package: Path
+    catalogue: Path
+    best_epoch: int
+    train_seconds: float
+    score_seconds: float
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """One round: the queue it sent out, the labelled set after merging the votes, and the retrained model."""
+
+    queue: pa.Table
+    labelled: Path
+    model: TrainedModel
+
+
+def train_and_score(release_dir: str | Path, labelled_votes: str | Path, out_dir: str | Path, config: RoundConfig,
+                    seed: int = 0) -> TrainedModel:
+    """Finetune on ``labelled_votes`` into ``out_dir/model``, export ``out_dir/package`` and score every source of
+    the release into ``out_dir/catalogue`` (MC-dropout masks and the training seeded by ``seed``)."""
+    out_dir = Path(out_dir)
+    start = time.perf_counter()
+    task = FinetuneConfig(task="dirichlet", schema_name=config.schema_name, n_blocks=config.n_blocks,
+                          dropout_rate=config.model.dropout_rate)
+    checkpoint = finetune(config.pretrained, release_dir, labelled_votes, out_dir / "model", task,
+                          config.training.model_copy(update={"seed": seed}), model_config=config.model,
+                          preprocessing=config.preprocessing)
+    package = export_package(checkpoint, out_dir / "package", mc_samples=config.mc_samples,
+                             n_volunteers=config.n_volunteers, seed=seed)
+    trained = time.perf_counter()
+    score_release(release_dir, package, out_dir / "catalogue", seed=seed, overwrite=True, progress=False)
+    best_epoch = int(read_checkpoint_json(checkpoint)["metrics"]["best_epoch"])
+    return TrainedModel(checkpoint, package, out_dir / "catalogue", best_epoch, trained - start,
+                        time.perf_counter() - trained)
+
+
+def reveal_votes(queue: pa.Table, oracle_votes: str | Path, out: str | Path, schema: Schema) -> Path:
+    """Write the votes of the queued galaxies, taken from ``oracle_votes``, to ``out`` (the experiment's stand-in for
+    Galaxy Zoo); a queued galaxy without votes there is an error."""
+    votes = read_votes(oracle_votes, schema)
+    ids = queue.column("id_str").combine_chunks()
+    taken = votes.filter(pc.is_in(votes.column("id_str"), value_set=ids))
+    if taken.num_rows != len(ids):
+        missing = sorted(set(ids.to_pylist()) - set(taken.column("id_str").to_pylist()))
+        raise ValueError(f"{oracle_votes}: no votes for queued galaxies {', '.join(missing[:5])}")
+    return write_parquet_atomic(taken, out)
+
+
+def run_round(release_dir: str | Path, catalogue: str | Path, labelled_votes: str | Path, round_dir: str | Path,
+              config: RoundConfig, *, acquisition: str, top_k: int, queue_dir: str | Path,
+              known_votes: str | Path | None, get_votes: Callable[[pa.Table, Path], Path],
+              seed: int = 0) -> RoundResult:
+    """Rank ``catalogue`` (the latest model's) into ``queue_dir``, get the queue's votes with ``get_votes(queue,
+    path)``, merge them into ``labelled_votes`` as ``round_dir/labelled.parquet``, then :func:`train_and_score` in
+    ``round_dir``. Galaxies with votes in ``known_votes`` and galaxies queued before are never queued."""
+    round_dir = Path(round_dir)
+    queue = rank_catalogue(catalogue, top_k, acquisition=acquisition, exclude_votes=known_votes, min_votes=1,
+                           schema=config.schema_name, queue_dir=queue_dir, seed=seed)
+    new_votes = get_votes(queue, round_dir / "new_votes.parquet")
+    labelled = round_dir / "labelled.parquet"
+    merge_votes(labelled_votes, new_votes, labelled, config.schema_name)
+    return RoundResult(queue, labelled, train_and_score(release_dir, labelled, round_dir, config, seed))
+
+
+def galaxy_nll(catalogue: str | Path, votes: pa.Table, schema: Schema) -> pa.Table:
+    """``id_str`` and ``nll`` (Dirichlet-Multinomial, summed over questions) of the galaxies of ``votes`` that the
+    catalogue scored, from its concentration columns."""
+    columns = ["id_str", "flag", *(f"{c}_concentration" for c in schema.label_cols)]
+    table = read_catalogue(catalogue, columns=columns)
+    table = table.filter(pc.and_(pc.is_null(table["flag"]), pc.is_in(table["id_str"], value_set=votes["id_str"])))
+    counts = vote_matrix(votes.take(pc.index_in(table["id_str"], value_set=votes["id_str"])), schema)
+    concentrations = np.stack([table[f"{c}_concentration"].to_numpy() for c in schema.label_cols], axis=1)
+    nll = dirichlet_multinomial_nll(counts, concentrations, schema).sum(axis=1)
+    return pa.table({"id_str": table["id_str"], "nll": nll})
+
+
+def evaluate_catalogue(catalogue: str | Path, test_votes: pa.Table, truth: pa.Table, schema: Schema, question: str,
+                       clear_threshold: float = 0.7) -> dict[str, float]:
+    """Test NLL (:func:`galaxy_nll`; mean and standard error over scored test galaxies) and ``question``'s accuracy
+    (most likely answer by expected vote fractions against the truth's) on test galaxies with a clear true answer."""
+    nll = galaxy_nll(catalogue, test_votes, schema)
+    q = schema.question(question)
+    fractions = read_catalogue(catalogue, columns=["id_str", *(f"{c}_fraction" for c in q.label_cols)])
+    fractions = fractions.take(pc.index_in(nll["id_str"], value_set=fractions["id_str"]))
+    predicted = np.stack([fractions[f"{c}_fraction"].to_numpy() for c in q.label_cols], axis=1)
+    true = truth.take(pc.index_in(nll["id_str"], value_set=truth["id_str"]))
+    true_p = np.stack([true[f"p_{c}"].to_numpy() for c in q.label_cols], axis=1)
+    clear = true_p.max(axis=1) >= clear_threshold
+    correct = predicted[clear].argmax(axis=1) == true_p[clear].argmax(axis=1)
+    values = nll["nll"].to_numpy()
+    return {"test_nll": float(values.mean()), "test_nll_se": float(values.std(ddof=1) / np.sqrt(len(values))),
+            "accuracy": float(correct.mean()) if clear.any() else float("nan"), "n_test": len(values),
+            "n_clear": int(clear.sum())}
+
+
+@dataclass
+class _Records:
+    """What the experiment has measured so far, written out after every round."""
+
+    out_dir: Path
+    truth: pa.Table
+    summary: dict[str, Any]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    acquired: list[pa.Table] = field(default_factory=list)
+
+    def add(self, seed: int, strategy: str, round_: int, n_labelled: int, metrics: dict[str, float],
+            model: TrainedModel, queue: pa.Table | None = None) -> None:
+        self.rows.append({"seed": seed, "strategy": strategy, "round": round_, "n_labelled": n_labelled, **metrics,
+                          "best_epoch": model.best_epoch, "train_seconds": model.train_seconds,
+                          "score_seconds": model.score_seconds})
+        if queue is not None:
+            picked = queue.select(["rank", "id_str", "acquisition", "top_question"])
+            truth = self.truth.take(pc.index_in(picked["id_str"], value_set=self.truth["id_str"]))
+            n = picked.num_rows
+            columns = {"seed": pa.array([seed] * n, pa.int64()), "strategy": pa.array([strategy] * n),
+                       "round": pa.array([round_] * n, pa.int64())}
+            self.acquired.append(pa.table({**columns, **{c: picked[c] for c in picked.column_names},
+                                           **{c: truth[c] for c in _TRUTH_COLUMNS}}))
+        self.write()
+
+    def write(self) -> None:
+        write_parquet_atomic(pa.Table.from_pylist(self.rows).select(list(RESULT_COLUMNS)),
+                             self.out_dir / RESULTS_FILE)
+        if self.acquired:
+            write_parquet_atomic(pa.concat_tables(self.acquired), self.out_dir / ACQUIRED_FILE)
+        write_json_atomic(self.summary, self.out_dir / EXPERIMENT_JSON)
+
+
+def _split(ids: list[str], n_test: int, n_initial: int, seed: int) -> tuple[list[str], list[str]]:
+    """(test ids, initial labelled ids), drawn at random without overlap by ``seed``."""
+    if n_test + n_initial >= len(ids):
+        raise ValueError(f"{len(ids)} galaxies with votes cannot give {n_test} test and {n_initial} initial "
+                         "galaxies and leave a pool")
+    order = np.random.default_rng(seed).permutation(len(ids))
+    return [ids[i] for i in order[:n_test]], [ids[i] for i in order[n_test:n_test + n_initial]]
+
+
+def _subset(votes: pa.Table, ids: list[str]) -> pa.Table:
+    return votes.filter(pc.is_in(votes["id_str"], value_set=pa.array(ids, pa.string())))
+
+
+def run_experiment(release_dir: str | Path, out_dir: str | Path, config: ExperimentConfig,
+                   log: Callable[[str], None] = lambda message: None) -> pa.Table:
+    """Run every strategy for every seed on a simulated release (``votes.parquet`` with every source's votes,
+    ``truth.parquet``) and return the results table (also written to ``out_dir``; see the module docstring).
+    ``log`` gets one line per round."""
+    release_dir, out_dir = Path(release_dir), Path(out_dir)
+    schema = get_schema(config.round.schema_name)
+    oracle = release_dir / "votes.parquet"
+    votes = read_votes(oracle, schema)
+    truth = pq.read_table(release_dir / "truth.parquet")
+    ids = votes["id_str"].to_pylist()
+    sources = pq.read_table(release_dir / "sources.parquet", columns=["id_str"])["id_str"]
+    without = pc.sum(pc.invert(pc.is_in(sources, value_set=votes["id_str"]))).as_py()
+    if without:
+        raise ValueError(f"{oracle}: {without} source(s) have no simulated votes; the experiment needs every source's "
+                         "(simulate with labelled_fraction=1)")
+    summary = {"config": config.model_dump(mode="json"), "release": str(release_dir.resolve()),
+               "n_with_votes": len(ids), "n_pool": len(ids) - config.n_test - config.n_initial,
+               "code_version": __version__}
+    records = _Records(out_dir, truth, summary)
+
+    def get_votes(queue: pa.Table, path: Path) -> Path:
+        return reveal_votes(queue, oracle, path, schema)
+
+    for seed in config.seeds:
+        seed_dir = out_dir / f"seed_{seed}"
+        test_ids, initial_ids = _split(ids, config.n_test, config.n_initial, seed)
+        test_votes = _subset(votes, test_ids)
+        initial = write_parquet_atomic(_subset(votes, initial_ids), seed_dir / "initial.parquet")
+        known = write_parquet_atomic(_subset(votes, test_ids + initial_ids), seed_dir / "known_votes.parquet")
+
+        def measure(model: TrainedModel, test_votes: pa.Table = test_votes) -> dict[str, float]:
+            metrics = evaluate_catalogue(model.catalogue, test_votes, truth, schema, config.question,
+                                         config.clear_threshold)
+            if not config.keep_models:
+                shutil.rmtree(model.checkpoint)
+                shutil.rmtree(model.package)
+            return metrics
+
+        start = train_and_score(release_dir, initial, seed_dir / "round_0", config.round, seed)
+        start_metrics = measure(start)
+        log(f"seed {seed} round 0: {config.n_initial} labelled, test NLL {start_metrics['test_nll']:.3f}, accuracy "
+            f"{start_metrics['accuracy']:.3f} ({start.train_seconds + start.score_seconds:.0f} s)")
+        for strategy in config.strategies:
+            records.add(seed, strategy, 0, config.n_initial, start_metrics, start)
+            catalogue, labelled = start.catalogue, initial
+            for round_ in range(1, config.n_rounds + 1):
+                result = run_round(release_dir, catalogue, labelled, seed_dir / strategy / f"round_{round_}",
+                                   config.round, acquisition=strategy, top_k=config.top_k,
+                                   queue_dir=seed_dir / strategy / "queue", known_votes=known, get_votes=get_votes,
+                                   seed=seed)
+                catalogue, labelled = result.model.catalogue, result.labelled
+                n_labelled = pq.read_metadata(labelled).num_rows
+                metrics = measure(result.model)
+                records.add(seed, strategy, round_, n_labelled, metrics, result.model, result.queue)
+                log(f"seed {seed} {strategy} round {round_}: {n_labelled} labelled, test NLL "
+                    f"{metrics['test_nll']:.3f}, accuracy {metrics['accuracy']:.3f} "
+                    f"({result.model.train_seconds + result.model.score_seconds:.0f} s)")
+    return pq.read_table(out_dir / RESULTS_FILE)
