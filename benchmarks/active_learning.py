@@ -162,6 +162,29 @@ def print_informativeness(out: Path, release: Path, schema_name: str) -> None:
         print(f"  {seed_dir.name}: {', '.join(shown)} (n={nll.num_rows}; mean excess NLL {excess.mean():.2f})")
 
 
+def print_per_question(out: Path, config: ExperimentConfig) -> None:
+    """Per question, each strategy's test NLL minus random's after the last round (mean over seeds)."""
+    schema = get_schema(config.round.schema_name)
+    last = f"round_{config.n_rounds}"
+    diffs: dict[str, list[np.ndarray]] = {}
+    for seed in config.seeds:
+        seed_dir = out / f"seed_{seed}"
+        initial = pq.read_table(seed_dir / "initial.parquet", columns=["id_str"])["id_str"]
+        known = read_votes(seed_dir / "known_votes.parquet", schema)
+        test = known.filter(pc.invert(pc.is_in(known["id_str"], value_set=initial)))
+        per_question = {}
+        for strategy in config.strategies:
+            nll = galaxy_nll(seed_dir / strategy / last / "catalogue", test, schema)
+            per_question[strategy] = np.array([np.mean(nll[f"nll_{q.name}"].to_numpy()) for q in schema.questions])
+        for strategy in config.strategies:
+            if strategy != "random":
+                diffs.setdefault(strategy, []).append(per_question[strategy] - per_question["random"])
+    print(f"\nper question, test NLL minus random's after {config.n_rounds} rounds (mean over seeds, nats):")
+    for strategy, values in diffs.items():
+        mean = np.mean(values, axis=0)
+        print(f"  {strategy}: " + ", ".join(f"{q.name} {v:+.3f}" for q, v in zip(schema.questions, mean, strict=True)))
+
+
 def print_acquired(out: Path, release: Path) -> None:
     path = out / "acquired.parquet"
     if not path.is_file():
@@ -169,7 +192,7 @@ def print_acquired(out: Path, release: Path) -> None:
     acquired = pq.read_table(path)
     truth = pq.read_table(release / "truth.parquet")
     kinds = sorted(set(truth["kind"].to_pylist()))
-    print("\nwhat was acquired (share of each true kind; the release as a whole for comparison):")
+    print("\nwhat was acquired (share of each true kind, over seeds; the release as a whole for comparison):")
     print(f"{'':>20} " + " ".join(f"{k:>9}" for k in kinds) + f" {'mag_r':>6} {'r50':>5} {'visib.':>6}")
 
     def line(name: str, table: pa.Table) -> None:
@@ -182,6 +205,8 @@ def print_acquired(out: Path, release: Path) -> None:
     for strategy in dict.fromkeys(acquired["strategy"].to_pylist()):
         mine = acquired.filter(pc.equal(acquired["strategy"], strategy))
         line(strategy, mine)
+        for round_ in sorted(set(mine["round"].to_pylist())):
+            line(f"round {round_}", mine.filter(pc.equal(mine["round"], round_)))
         if strategy != "random":
             top = mine["top_question"].value_counts().to_pylist()
             top = sorted(top, key=lambda v: -v["counts"])[:4]
@@ -218,7 +243,7 @@ def _panel(image: Image.Image, box: tuple[int, int, int, int], data: dict, ylabe
     for y in _ticks(y0, y1):
         _, py = px(x0, y)
         draw.line([(left, py), (right, py)], fill=(230, 230, 230))
-        draw.text((left - 8, py), f"{y:g}", fill="black", font=small, anchor="rm")
+        draw.text((left - 8, py), f"{y + 0.0:g}", fill="black", font=small, anchor="rm")
     for x in np.unique(xs):
         qx, _ = px(x, y0)
         draw.line([(qx, bottom), (qx, bottom + 5)], fill="black")
@@ -283,6 +308,8 @@ def analyse(out: Path, png: Path) -> None:
     if "entropy" in config.strategies:
         print_efficiency(results, "entropy")
     print_informativeness(out, Path(summary["release"]), config.round.schema_name)
+    if "random" in config.strategies:
+        print_per_question(out, config)
     print_acquired(out, Path(summary["release"]))
     plot(results, png, config.question)
     print(f"\nplot: {png}")

@@ -1,6 +1,7 @@
 """The active-learning loop's mechanics on a small simulated release with a tiny model: rounds run, the labelled set
 grows by K per round with the volunteers' own votes, nothing is acquired twice, test galaxies never are, the
-strategies share their start, MI picks what the previous model was most uncertain about, and the results read back."""
+strategies share their start, MI picks what the previous model was most uncertain about, the test NLL and accuracy
+match an independent computation, and the results read back."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from zoobot_pipeline.data.votes import read_votes, vote_matrix
 from zoobot_pipeline.models import ModelConfig, TrainingConfig
 from zoobot_pipeline.schemas import get_schema
 from zoobot_pipeline.scoring.catalogue import read_catalogue
+from zoobot_pipeline.stats import dirichlet_multinomial_nll
 
 torch.set_num_threads(2)
 SCHEMA = get_schema("decals_dr5")
@@ -128,3 +130,25 @@ def test_config_refuses_unknown_strategies_and_questions():
         ExperimentConfig(strategies=("mutual_information", "bald"))
     with pytest.raises(ValueError, match="no question"):
         ExperimentConfig(question="is-it-a-cat")
+
+
+def test_test_metrics_match_an_independent_computation(experiment):
+    release, out, config, results, _ = experiment
+    seed_dir = out / "seed_4"
+    test_ids = ids_of(seed_dir / "known_votes.parquet") - ids_of(seed_dir / "initial.parquet")
+    catalogue = read_catalogue(seed_dir / "mutual_information" / "round_1" / "catalogue").to_pandas()
+    catalogue = catalogue[catalogue["id_str"].isin(test_ids) & catalogue["flag"].isna()].sort_values("id_str")
+    votes = pq.read_table(release / "votes.parquet").to_pandas().set_index("id_str").loc[catalogue["id_str"]]
+    truth = pq.read_table(release / "truth.parquet").to_pandas().set_index("id_str").loc[catalogue["id_str"]]
+    concentrations = catalogue[[f"{c}_concentration" for c in SCHEMA.label_cols]].to_numpy()
+    nll = dirichlet_multinomial_nll(votes[SCHEMA.label_cols].to_numpy(), concentrations, SCHEMA).sum(axis=1)
+    answers = SCHEMA.question(config.question).label_cols
+    true_p = truth[[f"p_{c}" for c in answers]].to_numpy()
+    clear = true_p.max(axis=1) >= config.clear_threshold
+    predicted = catalogue[[f"{c}_fraction" for c in answers]].to_numpy()
+    accuracy = (predicted[clear].argmax(axis=1) == true_p[clear].argmax(axis=1)).mean()
+
+    row = next(r for r in results.to_pylist() if r["strategy"] == "mutual_information" and r["round"] == 1)
+    assert row["n_test"] == len(nll) and row["n_clear"] == clear.sum()
+    assert row["test_nll"] == pytest.approx(nll.mean(), rel=1e-9)
+    assert row["accuracy"] == pytest.approx(accuracy)

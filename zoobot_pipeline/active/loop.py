@@ -36,7 +36,8 @@ volunteer votes (``labelled_fraction=1``; a galaxy's votes are used only once it
   on random labels: test NLL 33.9 with 100 labels, 33.0 with 300, 32.3 with 500 (constant model 33.0-33.2; the
   pretrained model itself 32.1): labels matter over the whole range the experiment covers.
 - Sizes (the benchmark's defaults): 500 test galaxies, 100 initial, K = 100 per round, 4 rounds (100 -> 500 labels),
-  a pool of 2000, 3 seeds: 27 finetune + export + score rounds, about 30 minutes on 2 CPU cores.
+  a pool of 2000, 3 seeds: 27 finetune + export + score rounds after the pretraining, about 55 CPU-minutes (about
+  30 minutes on 2 otherwise idle cores).
 
 Output of :func:`run_experiment` (every file replaced atomically after every round, so a killed run keeps what it
 measured): ``results.parquet`` (one row per seed, strategy and round; :data:`RESULT_COLUMNS`), ``acquired.parquet``
@@ -209,15 +210,16 @@ def run_round(release_dir: str | Path, catalogue: str | Path, labelled_votes: st
 
 
 def galaxy_nll(catalogue: str | Path, votes: pa.Table, schema: Schema) -> pa.Table:
-    """``id_str`` and ``nll`` (Dirichlet-Multinomial, summed over questions) of the galaxies of ``votes`` that the
-    catalogue scored, from its concentration columns."""
+    """``id_str``, ``nll`` (Dirichlet-Multinomial, summed over questions) and ``nll_{question}`` of the galaxies of
+    ``votes`` that the catalogue scored, from its concentration columns."""
     columns = ["id_str", "flag", *(f"{c}_concentration" for c in schema.label_cols)]
     table = read_catalogue(catalogue, columns=columns)
     table = table.filter(pc.and_(pc.is_null(table["flag"]), pc.is_in(table["id_str"], value_set=votes["id_str"])))
     counts = vote_matrix(votes.take(pc.index_in(table["id_str"], value_set=votes["id_str"])), schema)
     concentrations = np.stack([table[f"{c}_concentration"].to_numpy() for c in schema.label_cols], axis=1)
-    nll = dirichlet_multinomial_nll(counts, concentrations, schema).sum(axis=1)
-    return pa.table({"id_str": table["id_str"], "nll": nll})
+    nll = dirichlet_multinomial_nll(counts, concentrations, schema)
+    return pa.table({"id_str": table["id_str"], "nll": nll.sum(axis=1),
+                     **{f"nll_{q.name}": nll[:, q.index] for q in schema.questions}})
 
 
 def evaluate_catalogue(catalogue: str | Path, test_votes: pa.Table, truth: pa.Table, schema: Schema, question: str,
