@@ -7,7 +7,7 @@
 #   BUILD_DIR          build state: container storage, archives, .sif (default ~/.cache/zoobot-pipeline-containers)
 #   IMAGE              tag to build (default localhost/zoobot-pipeline:VERSION, with -gpu for the GPU variant)
 #   BASE               base image; by default python:3.11-slim-bookworm if it can be pulled, else a Debian bookworm
-#                      image made with mmdebstrap from DEBIAN_MIRROR (default: the bookworm mirror apt uses here)
+#                      image made with mmdebstrap from DEBIAN_MIRROR (default: the Debian archive apt uses here)
 #   ONNXRUNTIME_EXTRA  scoring (onnxruntime, CPU) or gpu (onnxruntime-gpu)
 #   PIP_CA             CA bundle pip trusts inside the build, passed as a build secret (default: the system bundle)
 set -euo pipefail

@@ -65,7 +65,7 @@ def test_final_stage_runs_the_cli_as_the_user_it_creates() -> None:
     entrypoint = _values(final, "ENTRYPOINT")
     assert entrypoint == ['["zoobot-pipeline"]'] and "zoobot-pipeline" in scripts
     assert _values(final, "HEALTHCHECK") == ['--interval=5m --timeout=30s CMD ["zoobot-pipeline", "--version"]']
-    assert _values(final, "COPY") == ["--from=builder /opt/venv /opt/venv"], "only the venv leaves the builder"
+    assert _values(final, "COPY") == ["--from=builder /opt/venv /opt/venv", "flows /opt/zoobot-pipeline/flows"]
 
 
 def test_runtime_environment() -> None:
@@ -73,6 +73,7 @@ def test_runtime_environment() -> None:
     envs = parser.envs  # the final stage's
     assert envs["NUMBA_CACHE_DIR"].startswith("/tmp/") and envs["MPLCONFIGDIR"].startswith("/tmp/")
     assert envs["PATH"].startswith("/opt/venv/bin:")
+    assert envs["PYTHONPATH"] == "/opt/zoobot-pipeline", "`python -m flows` from anywhere, as deploy/ runs it"
     instructions = [i["value"] for i in parser.structure if i["instruction"] != "COMMENT"]
     assert not [v for v in instructions if "RAY_AUTH_MODE" in v], "the deployment decides on Ray's token authentication"
 
