@@ -11,8 +11,7 @@ Run: .venv/bin/python benchmarks/active_learning.py [--work DIR] [--png PATH] [-
 3. Prints the test NLL and accuracy per strategy and number of labels (mean and standard deviation over seeds, and
    the paired difference to random), how many labels mutual information needs to reach random's test NLL
    (interpolated along the mean curves), whether the round-0 model's MI and entropy single out the test galaxies it
-   predicts worst, and what each strategy acquired; draws the curves into a PNG (Pillow; matplotlib is not a
-   dependency).
+   predicts worst, and what each strategy acquired; draws the curves into a PNG with matplotlib.
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from PIL import Image, ImageDraw, ImageFont
 from scipy.stats import spearmanr
 
 from zoobot_pipeline import models
@@ -36,11 +34,12 @@ from zoobot_pipeline.active.loop import ExperimentConfig, RoundConfig, galaxy_nl
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
 from zoobot_pipeline.data.simulate import simulate_release
 from zoobot_pipeline.data.votes import read_votes, vote_matrix
+from zoobot_pipeline.io import atomic_path
 from zoobot_pipeline.schemas import get_schema
 from zoobot_pipeline.scoring.catalogue import read_catalogue
 from zoobot_pipeline.stats import dirichlet_multinomial_nll
 
-COLOURS = {"mutual_information": (200, 60, 40), "random": (40, 90, 200), "entropy": (40, 150, 70)}
+COLOURS = {"mutual_information": "#c83c28", "random": "#285ac8", "entropy": "#289646"}
 LABELS = {"mutual_information": "mutual information (BALD)", "random": "random", "entropy": "predictive entropy"}
 
 
@@ -214,83 +213,37 @@ def print_acquired(out: Path, release: Path) -> None:
                 f"{v['values']} {v['counts'] / mine.num_rows:.2f}" for v in top))
 
 
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    return ImageFont.load_default(size=size)
-
-
-def _ticks(lo: float, hi: float, n: int = 5) -> np.ndarray:
-    raw = (hi - lo) / n
-    magnitude = 10 ** np.floor(np.log10(raw))
-    step = magnitude * min((m for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw), default=10)
-    return np.arange(np.ceil(lo / step) * step, hi + step * 1e-9, step)
-
-
-def _panel(image: Image.Image, box: tuple[int, int, int, int], data: dict, ylabel: str, title: str) -> None:
-    """One line plot: mean per strategy with a +-1 sd band over seeds, inside ``box`` (left, top, right, bottom)."""
-    draw = ImageDraw.Draw(image)
-    font, small = _font(15), _font(12)
-    left, top, right, bottom = box[0] + 70, box[1] + 30, box[2] - 15, box[3] - 50
-    xs = np.concatenate([d[0] for d in data.values()]).astype(float)
-    lows = np.concatenate([d[1] - d[2] for d in data.values()])
-    highs = np.concatenate([d[1] + d[2] for d in data.values()])
-    x0, x1 = xs.min(), xs.max()
-    pad = 0.08 * max(highs.max() - lows.min(), 1e-6)
-    y0, y1 = lows.min() - pad, highs.max() + pad
-
-    def px(x: float, y: float) -> tuple[float, float]:
-        return (left + (x - x0) / (x1 - x0) * (right - left), bottom - (y - y0) / (y1 - y0) * (bottom - top))
-
-    for y in _ticks(y0, y1):
-        _, py = px(x0, y)
-        draw.line([(left, py), (right, py)], fill=(230, 230, 230))
-        draw.text((left - 8, py), f"{y + 0.0:g}", fill="black", font=small, anchor="rm")
-    for x in np.unique(xs):
-        qx, _ = px(x, y0)
-        draw.line([(qx, bottom), (qx, bottom + 5)], fill="black")
-        draw.text((qx, bottom + 8), f"{x:g}", fill="black", font=small, anchor="mt")
-    overlay = Image.new("RGBA", image.size, (0, 0, 0, 0))
-    bands = ImageDraw.Draw(overlay)
-    for strategy, (x, mean, std) in data.items():
-        polygon = [px(a, b) for a, b in zip(x, mean + std, strict=True)]
-        polygon += [px(a, b) for a, b in zip(x[::-1], (mean - std)[::-1], strict=True)]
-        bands.polygon(polygon, fill=(*COLOURS.get(strategy, (90, 90, 90)), 50))
-    image.alpha_composite(overlay)
-    draw = ImageDraw.Draw(image)
-    for strategy, (x, mean, _) in data.items():
-        colour = COLOURS.get(strategy, (90, 90, 90))
-        points = [px(a, b) for a, b in zip(x, mean, strict=True)]
-        draw.line(points, fill=colour, width=3)
-        for qx, qy in points:
-            draw.ellipse([qx - 4, qy - 4, qx + 4, qy + 4], fill=colour)
-    draw.rectangle([left, top, right, bottom], outline="black")
-    draw.text(((left + right) / 2, box[1] + 8), title, fill="black", font=font, anchor="mt")
-    draw.text(((left + right) / 2, box[3] - 18), "labelled galaxies", fill="black", font=font, anchor="mm")
-    label = Image.new("RGBA", (bottom - top, 22), (0, 0, 0, 0))
-    ImageDraw.Draw(label).text(((bottom - top) / 2, 11), ylabel, fill="black", font=font, anchor="mm")
-    image.alpha_composite(label.rotate(90, expand=True), (box[0] + 4, top))
-    for i, strategy in enumerate(data):
-        y = top + 12 + 20 * i
-        draw.line([(right - 230, y), (right - 200, y)], fill=COLOURS.get(strategy, (90, 90, 90)), width=3)
-        draw.text((right - 192, y), LABELS.get(strategy, strategy), fill="black", font=small, anchor="lm")
-
-
 def plot(results: pa.Table, png: Path, question: str) -> None:
     """Test NLL, its paired difference to random, and accuracy against labelled galaxies; mean and +-1 sd band over
     seeds."""
-    image = Image.new("RGBA", (1800, 560), "white")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     n_seeds = len(set(results["seed"].to_pylist()))
     nll = {s: c[:3] for s, c in curves(results, "test_nll").items()}
     accuracy = {s: c[:3] for s, c in curves(results, "accuracy").items()}
     paired = {s: paired_difference(results, s) for s in nll if s != "random"} if "random" in nll else {}
-    _panel(image, (0, 20, 600, 560), nll, "test NLL per galaxy (nats)", "test NLL, summed over questions")
-    _panel(image, (600, 20, 1200, 560), paired, "test NLL minus random's (nats)",
-           "test NLL minus random's, same seed")
-    _panel(image, (1200, 20, 1800, 560), accuracy, "accuracy", f"accuracy, {question} (clear true answers)")
-    ImageDraw.Draw(image).text((900, 10), f"mean and +-1 sd over {n_seeds} seed(s); each seed has its own test "
-                               "set and initial labelled set, shared by its strategies", fill=(80, 80, 80),
-                               font=_font(13), anchor="mt")
+    panels = [(nll, "test NLL per galaxy (nats)", "test NLL, summed over questions"),
+              (paired, "test NLL minus random's (nats)", "test NLL minus random's, same seed"),
+              (accuracy, "accuracy", f"accuracy, {question}\n(galaxies with a clear true answer)")]
+    figure, axes = plt.subplots(1, 3, figsize=(16, 5), layout="constrained")
+    for ax, (data, ylabel, title) in zip(axes, panels, strict=True):
+        for strategy, (labels, mean, std) in data.items():
+            colour = COLOURS.get(strategy, "grey")
+            ax.fill_between(labels, mean - std, mean + std, color=colour, alpha=0.15, linewidth=0)
+            ax.plot(labels, mean, "o-", color=colour, label=LABELS.get(strategy, strategy))
+        ax.set(xlabel="labelled galaxies", ylabel=ylabel, title=title, xticks=next(iter(data.values()))[0])
+        ax.grid(alpha=0.3)
+        ax.legend(frameon=False)
+    axes[1].axhline(0.0, color=COLOURS["random"], linewidth=1, linestyle="--")
+    figure.suptitle(f"mean and +-1 sd over {n_seeds} seed(s); each seed has its own test set and initial labelled "
+                    "set, shared by its strategies", fontsize=10, color="dimgrey")
     png.parent.mkdir(parents=True, exist_ok=True)
-    image.convert("RGB").save(png)
+    with atomic_path(png) as tmp:
+        figure.savefig(tmp, format="png", dpi=110)
+    plt.close(figure)
 
 
 def analyse(out: Path, png: Path) -> None:

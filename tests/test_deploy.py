@@ -279,7 +279,7 @@ STUBS = {
                  'while [ "$1" != "$ZOOBOT_IMAGE" ]; do shift; done; shift\n'
                  'case "$*" in\n'
                  '  "ray start"*) exec sleep 60 ;;\n'
-                 '  "python -c"*) echo 3 ;;\n'
+                 '  "python -c"*) grep -c "^apptainer.* ray start " "$STUB_LOG" ;;\n'  # nodes alive = Ray nodes started
                  'esac',
 }
 
