@@ -39,7 +39,8 @@ bench: $(INSTALLED)
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache
 
-# Docker image (and the Apptainer .sif with SIF=1) built with buildah, no Docker daemon: see containers/README.md.
+# Docker image (and the Apptainer .sif with SIF=1; pushed as PUSH:VERSION and PUSH:latest with PUSH=REPOSITORY) built
+# with buildah, no Docker daemon: see containers/README.md.
 .PHONY: images
 images:
-	containers/build.sh $(if $(SIF),--sif)
+	containers/build.sh $(if $(SIF),--sif) $(if $(PUSH),--push $(PUSH))

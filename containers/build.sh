@@ -2,7 +2,10 @@
 # Builds the zoobot-pipeline image with buildah (no Docker daemon needed), saves it as a docker-archive and, with
 # --sif, converts that into an Apptainer image. Re-running reuses the base image, cached layers and archives.
 #
-# Usage: containers/build.sh [--sif]
+# Usage: containers/build.sh [--sif] [--push REPOSITORY]
+#   --push REPOSITORY  after building, tag the image REPOSITORY:VERSION and REPOSITORY:latest (-gpu suffixed for the
+#                      GPU variant) and push both, e.g. --push ghcr.io/zoobot-pipeline/zoobot-pipeline; log in first
+#                      with `podman login ghcr.io` (credentials stay in podman's auth file, never in this script)
 # Environment (all optional):
 #   BUILD_DIR          build state: container storage, archives, .sif (default ~/.cache/zoobot-pipeline-containers)
 #   IMAGE              tag to build (default localhost/zoobot-pipeline:VERSION, with -gpu for the GPU variant)
@@ -26,18 +29,24 @@ log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'build.sh: %s\n' "$*" >&2; exit 1; }
 
 sif=0
-for arg in "$@"; do
-    case $arg in
+push=
+while (( $# )); do
+    case $1 in
         --sif) sif=1 ;;
-        -h|--help) sed -n '2,13s/^# \{0,1\}//p' "$0"; exit 0 ;;
-        *) die "unknown argument '$arg' (try --help)" ;;
+        --push) push=${2:?--push needs a repository, e.g. ghcr.io/zoobot-pipeline/zoobot-pipeline}; shift ;;
+        -h|--help) sed -n '2,16s/^# \{0,1\}//p' "$0"; exit 0 ;;
+        *) die "unknown argument '$1' (try --help)" ;;
     esac
+    shift
 done
 case $ONNXRUNTIME_EXTRA in
-    scoring) IMAGE=${IMAGE:-localhost/zoobot-pipeline:$VERSION} ;;
-    gpu) IMAGE=${IMAGE:-localhost/zoobot-pipeline:$VERSION-gpu} ;;
+    scoring) suffix= ;;
+    gpu) suffix=-gpu ;;
     *) die "ONNXRUNTIME_EXTRA must be 'scoring' or 'gpu', not '$ONNXRUNTIME_EXTRA'" ;;
 esac
+IMAGE=${IMAGE:-localhost/zoobot-pipeline:$VERSION$suffix}
+[[ ${push##*/} != *:* ]] \
+    || die "--push wants a repository without a tag (e.g. ghcr.io/zoobot-pipeline/zoobot-pipeline), not '$push'"
 for tool in buildah podman; do
     command -v "$tool" >/dev/null \
         || die "$tool not found: apt-get install buildah podman runc uidmap fuse-overlayfs slirp4netns mmdebstrap"
@@ -147,4 +156,12 @@ if (( sif )); then
         echo "$id" > "$sif_file.id"
     fi
     log "Apptainer image: $sif_file ($(du -h "$sif_file" | cut -f1))"
+fi
+
+if [[ -n $push ]]; then
+    for tag in "$VERSION$suffix" "latest$suffix"; do
+        podman tag "$IMAGE" "$push:$tag"
+        log "pushing $push:$tag"
+        "${NICE[@]}" podman push "$push:$tag"
+    done
 fi

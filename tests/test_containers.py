@@ -213,10 +213,25 @@ def test_build_script_gpu_variant_and_bad_arguments(stubbed_tools: dict[str, str
     assert "--build-arg BASE=example/base:1" in bud
 
     for env, args, message in (({"ONNXRUNTIME_EXTRA": "cuda"}, (), "must be 'scoring' or 'gpu'"),
-                               ({}, ("--push",), "unknown argument '--push'")):
+                               ({}, ("--sign",), "unknown argument '--sign'"),
+                               ({}, ("--push",), "--push needs a repository"),
+                               ({}, ("--push", "ghcr.io/x/zoobot:latest"), "without a tag")):
         result = subprocess.run(["bash", str(CONTAINERS / "build.sh"), *args], env={**stubbed_tools, **env},
                                 capture_output=True, text=True)
         assert result.returncode == 1 and message in result.stderr
+
+
+@pytest.mark.parametrize(("extra", "suffix"), [("scoring", ""), ("gpu", "-gpu")])
+def test_build_script_pushes_the_version_and_latest_tags(stubbed_tools: dict[str, str], extra: str,
+                                                         suffix: str) -> None:
+    repository = "registry.example:5000/zoobot/zoobot-pipeline"
+    calls = [call.split(" |")[0] for call in _build(
+        {**stubbed_tools, "BASE": "example/base:1", "ONNXRUNTIME_EXTRA": extra}, "--push", repository)]
+    pushes = [call for call in calls if call.startswith(("podman tag", "podman push"))]
+    image = f"localhost/zoobot-pipeline:0.1.0{suffix}"
+    assert pushes == [f"podman tag {image} {repository}:0.1.0{suffix}", f"podman push {repository}:0.1.0{suffix}",
+                      f"podman tag {image} {repository}:latest{suffix}", f"podman push {repository}:latest{suffix}"]
+    assert calls.index(pushes[0]) > max(i for i, call in enumerate(calls) if call.startswith("podman save"))
 
 
 def test_build_script_sif_with_apptainer_installed(stubbed_tools: dict[str, str]) -> None:

@@ -35,6 +35,13 @@ K8S_TEMPLATE = DEPLOY / "kubernetes" / "prefect-job-template.json"
 PERIODS = {"watch_releases": timedelta(hours=1), "active_learning_cycle": timedelta(days=7)}
 
 
+def _image_user() -> tuple[int, int]:
+    """The UID and GID the image runs as (its Dockerfile's last ``USER uid:gid``): pods must run as the same user,
+    whose home directory holds Ray's and Prefect's state."""
+    user = re.findall(r"^USER (\d+):(\d+)$", (REPO / "containers" / "Dockerfile").read_text(), re.M)[-1]
+    return int(user[0]), int(user[1])
+
+
 def _deployments() -> list[dict[str, Any]]:
     return yaml.safe_load((DEPLOY / "prefect.yaml").read_text())["deployments"]
 
@@ -148,7 +155,7 @@ def test_prefect_deploy_all_creates_every_deployment_on_a_local_server(prefect_s
                 "directory": "/opt/zoobot-pipeline"}}]
     job = pools["zoobot-kubernetes"]["base_job_template"]["job_configuration"]["job_manifest"]["spec"]["template"]
     assert job["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "{{ data_claim }}"
-    assert job["spec"]["securityContext"]["runAsNonRoot"] is True
+    _check_security_context(job["spec"]["securityContext"], "prefect job template")
 
 
 def test_python_m_flows_runs_a_flow_that_reports_to_the_server(prefect_server, tmp_path):
@@ -189,10 +196,17 @@ QUANTITY = re.compile(r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[nu
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
+def _check_security_context(context: dict[str, Any], where: str) -> None:
+    uid, gid = _image_user()
+    assert context["runAsNonRoot"] is True, where
+    assert (context["runAsUser"], context["runAsGroup"]) == (uid, gid), f"{where}: not the image's user {uid}:{gid}"
+    assert context.get("fsGroup", gid) == gid, where
+
+
 def _check_pod_template(template: dict[str, Any], where: str) -> None:
     spec = template["spec"]
     assert set(spec) <= POD_SPEC, f"{where}: {set(spec) - POD_SPEC}"
-    assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] != 0, where
+    _check_security_context(spec["securityContext"], where)
     volumes = {v["name"] for v in spec.get("volumes", [])}
     for container in spec["containers"]:
         assert set(container) <= CONTAINER, f"{where}: {set(container) - CONTAINER}"

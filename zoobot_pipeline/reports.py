@@ -31,7 +31,8 @@ def _schema(catalogue: Path) -> Schema:
 def certainty_grid(catalogue: str | Path, release_dir: str | Path, out: str | Path, n: int = 6,
                    size: int = 160) -> Path:
     """A PNG grid: the ``n`` scored galaxies with the highest acquisition (least certain) on top, the ``n`` with the
-    lowest (most certain) below, each captioned with its acquisition and first-question fractions."""
+    lowest (most certain) below, each captioned with its acquisition and first-question fractions (one answer a
+    line, wrapped to the tile width)."""
     catalogue = Path(catalogue)
     schema = _schema(catalogue)
     first = schema.questions[0]
@@ -46,14 +47,14 @@ def certainty_grid(catalogue: str | Path, release_dir: str | Path, out: str | Pa
     release = Release.open(release_dir)
     images: list[np.ndarray | None] = [None] * len(shown)
     captions = [""] * len(shown)
-    answers = [label.rsplit("_", 1)[-1][:7] for label in first.label_cols]  # short enough for a caption
+    answers = [label.rsplit("_", 1)[-1] for label in first.label_cols]
     for id_str, cut in release_cutouts(release, list(rows)):
         rank, i = rows[id_str]
         images[rank] = render_rgb(cut.data, release.bands, size=size)
         kind = "least certain" if rank < n else "most certain"
-        fractions = " ".join(f"{answer} {table[col][i].as_py():.2f}"
-                             for answer, col in zip(answers, fraction_columns, strict=True))
-        captions[rank] = f"{kind}: acq {table['acquisition'][i].as_py():.3f}\n{fractions}"
+        fractions = [f"{answer} {table[col][i].as_py():.2f}"
+                     for answer, col in zip(answers, fraction_columns, strict=True)]
+        captions[rank] = "\n".join([f"{kind}: acq {table['acquisition'][i].as_py():.3g}", *fractions])
     kept = [(image, caption) for image, caption in zip(images, captions, strict=True) if image is not None]
     sheet = contact_sheet([k[0] for k in kept], [k[1] for k in kept], columns=min(n, len(kept)))
     return write_image(sheet, out)
