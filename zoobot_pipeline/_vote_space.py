@@ -13,7 +13,6 @@ import math
 import numpy as np
 from numba import njit, prange
 
-SEED_BLOCK = 64
 NEGLIGIBLE_LOG_PROB = -50.0
 
 
@@ -139,55 +138,50 @@ def _draw_votes(alpha: np.ndarray, zero: np.ndarray, after: np.ndarray, n_volunt
 
 
 @njit(cache=True, parallel=True)
-def sampled_information(alpha: np.ndarray, tables: np.ndarray, constant: np.ndarray, n_draws: int, seed: int,
-                        first_index: int) -> tuple[np.ndarray, np.ndarray]:
+def sampled_information(alpha: np.ndarray, tables: np.ndarray, constant: np.ndarray, n_draws: int,
+                        streams: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mutual information, predictive entropy) estimated from ``n_draws`` vote outcomes drawn from each MC sample.
 
     The draws are a stratified sample of the mixture ``m = mean_s p_s``. With ``y_s = p_s(v) / m(v)``,
     ``MI = E_m[mean_s (y_s log y_s - y_s + 1)]``: the ``- y_s + 1`` control variate has expectation zero and cancels
-    the first-order noise, leaving non-negative terms. Entropy is ``-E_m[log m]``. Random streams are seeded per block
-    of ``SEED_BLOCK`` galaxies (by absolute index ``first_index + g``): results depend on neither chunks nor threads.
+    the first-order noise, leaving non-negative terms. Entropy is ``-E_m[log m]``. Galaxy ``g`` draws from its own
+    random stream, seeded with ``streams[g]`` (< 2**32): results depend on neither the other galaxies nor threads.
     """
     n, n_samples, k = alpha.shape
     n_volunteers = tables.shape[3] - 1
     log_s = math.log(n_samples)
     mi = np.empty(n)
     entropy = np.empty(n)
-    first_block = first_index // SEED_BLOCK
-    last_block = (first_index + n - 1) // SEED_BLOCK
-    for block in prange(first_block, last_block + 1):
-        np.random.seed(seed * 1_000_003 + block)
+    for g in prange(n):
+        np.random.seed(streams[g])
         votes = np.empty(k, dtype=np.int64)
         log_p = np.empty(n_samples)
         scaled = np.empty(n_samples)
         zero = np.empty((k, n_volunteers + 1))
         after = np.empty(k)
-        start = max(block * SEED_BLOCK, first_index) - first_index
-        stop = min((block + 1) * SEED_BLOCK, first_index + n) - first_index
-        for g in range(start, stop):
-            acc_mi = 0.0
-            acc_h = 0.0
-            tables_g = tables[g]
-            constant_g = constant[g]
-            for s_from in range(n_samples):
-                alpha_s = alpha[g, s_from]
-                _fill_zero_probabilities(alpha_s, n_volunteers, zero, after)
-                for d in range(n_draws):
-                    first_uniform = (d + np.random.random()) / n_draws
-                    _draw_votes(alpha_s, zero, after, n_volunteers, first_uniform, votes)
-                    top = _log_prob_all(tables_g, constant_g, votes, log_p)
-                    total = 0.0
-                    for s in range(n_samples):
-                        scaled[s] = math.exp(log_p[s] - top)
-                        total += scaled[s]
-                    log_mix = top + math.log(total) - log_s
-                    to_ratio = n_samples / total
-                    term = 0.0
-                    for s in range(n_samples):
-                        y = scaled[s] * to_ratio
-                        term += y * (log_p[s] - log_mix) - y + 1.0
-                    acc_mi += term / n_samples
-                    acc_h -= log_mix
-            mi[g] = acc_mi / (n_samples * n_draws)
-            entropy[g] = acc_h / (n_samples * n_draws)
+        acc_mi = 0.0
+        acc_h = 0.0
+        tables_g = tables[g]
+        constant_g = constant[g]
+        for s_from in range(n_samples):
+            alpha_s = alpha[g, s_from]
+            _fill_zero_probabilities(alpha_s, n_volunteers, zero, after)
+            for d in range(n_draws):
+                first_uniform = (d + np.random.random()) / n_draws
+                _draw_votes(alpha_s, zero, after, n_volunteers, first_uniform, votes)
+                top = _log_prob_all(tables_g, constant_g, votes, log_p)
+                total = 0.0
+                for s in range(n_samples):
+                    scaled[s] = math.exp(log_p[s] - top)
+                    total += scaled[s]
+                log_mix = top + math.log(total) - log_s
+                to_ratio = n_samples / total
+                term = 0.0
+                for s in range(n_samples):
+                    y = scaled[s] * to_ratio
+                    term += y * (log_p[s] - log_mix) - y + 1.0
+                acc_mi += term / n_samples
+                acc_h -= log_mix
+        mi[g] = acc_mi / (n_samples * n_draws)
+        entropy[g] = acc_h / (n_samples * n_draws)
     return mi, entropy

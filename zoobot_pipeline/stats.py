@@ -12,6 +12,11 @@ Vote-space information, one question, ``N`` volunteers: every MC sample ``s`` pr
 and averages ``log p_s(v) - log m(v)`` with exact log-probabilities: the KL form has far lower variance than
 estimating the two entropies separately, because each term is bounded above by ``log S`` and vanishes when the
 samples agree. ``method="auto"`` enumerates while that is no dearer than sampling (``n_outcomes <= S * n_draws``).
+
+Seeds of the sampled estimate: each galaxy draws from its own random stream, so its values never depend on the other
+galaxies of the call, on chunking or on threads. ``seed`` is either one non-negative int (galaxy ``g`` of the call
+gets the stream of ``(seed, g)``) or one non-negative integer per galaxy (a galaxy keeps its stream wherever it is
+scored, e.g. a hash of its id); question ``q`` of a tree mixes in ``q``, a single question counts as question 0.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import gammaln
 
-from zoobot_pipeline._vote_space import SEED_BLOCK, exact_information, log_term_tables, sampled_information
+from zoobot_pipeline._vote_space import exact_information, log_term_tables, sampled_information
 from zoobot_pipeline.schemas import Schema
 
 __all__ = [
@@ -43,8 +48,10 @@ __all__ = [
 ]
 
 Method = Literal["auto", "exact", "sampled"]
+Seed = int | np.ndarray
 DEFAULT_DRAWS = 32
 _CHUNK_ELEMENTS = 250_000
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 def dirichlet_multinomial_log_prob(votes: np.ndarray, concentrations: np.ndarray) -> np.ndarray:
@@ -155,13 +162,13 @@ def vote_information(
     n_volunteers: int = 40,
     method: Method = "auto",
     n_draws: int = DEFAULT_DRAWS,
-    seed: int = 0,
+    seed: Seed = 0,
 ) -> VoteInformation:
     """Mutual information (BALD) and predictive entropy of ``n_volunteers`` votes on one question, from MC samples.
 
     ``concentrations`` are ``(n, S, k)``; both quantities come from one pass (see the module docstring).
     """
-    return VoteInformation(*_vote_space_information(concentrations, n_volunteers, method, n_draws, seed))
+    return VoteInformation(*_vote_space_information(concentrations, n_volunteers, method, n_draws, seed, 0))
 
 
 def question_mutual_information(
@@ -169,7 +176,7 @@ def question_mutual_information(
     n_volunteers: int = 40,
     method: Method = "auto",
     n_draws: int = DEFAULT_DRAWS,
-    seed: int = 0,
+    seed: Seed = 0,
 ) -> np.ndarray:
     """Mutual information (BALD) between ``n_volunteers`` votes on one question and the model; ``(n,)`` in nats."""
     return vote_information(concentrations, n_volunteers, method, n_draws, seed).mutual_information
@@ -180,7 +187,7 @@ def predictive_entropy(
     n_volunteers: int = 40,
     method: Method = "auto",
     n_draws: int = DEFAULT_DRAWS,
-    seed: int = 0,
+    seed: Seed = 0,
 ) -> np.ndarray:
     """Entropy (nats) of the predicted distribution of ``n_volunteers`` votes on one question, ``(n,)``.
 
@@ -195,26 +202,49 @@ def schema_vote_information(
     n_volunteers: int = 40,
     method: Method = "auto",
     n_draws: int = DEFAULT_DRAWS,
-    seed: int = 0,
+    seed: Seed = 0,
 ) -> VoteInformation:
     """Per-question mutual information and predictive entropy for MC samples ``(n, S, A)``; each ``(n, Q)``.
 
-    Question ``q`` uses seed ``seed + q``. Not weighted by the probability each question is asked: acquisition does
-    that (``schema.probability_asked``).
+    ``seed``: see the module docstring. Not weighted by the probability each question is asked: acquisition does that
+    (``schema.probability_asked``).
     """
     alpha = np.asarray(concentrations, dtype=np.float64)
     if alpha.ndim != 3:
         raise ValueError(f"expected MC samples of shape (n, S, A), got {alpha.shape}")
     _check_answers(alpha, schema, "concentrations")
     per_question = [
-        _vote_space_information(alpha[..., q.slice], n_volunteers, method, n_draws, seed + q.index)
+        _vote_space_information(alpha[..., q.slice], n_volunteers, method, n_draws, seed, q.index)
         for q in schema.questions
     ]
     return VoteInformation(*(np.stack(values, axis=-1) for values in zip(*per_question, strict=True)))
 
 
+def _mix(a: np.ndarray, b: np.ndarray | int) -> np.ndarray:
+    """SplitMix64 finaliser of ``a + golden * (b + 1)``, elementwise on wrapping uint64 arrays (``a`` at least 1-d,
+    so numpy wraps silently instead of warning as it does for scalars)."""
+    x = np.asarray(a, dtype=np.uint64) + _GOLDEN * (np.atleast_1d(np.asarray(b, dtype=np.uint64)) + np.uint64(1))
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _streams(seed: Seed, n: int, question: int) -> np.ndarray:
+    """The seed (< 2**32) of each of ``n`` galaxies' random streams for ``question`` (see the module docstring)."""
+    seeds = np.asarray(seed)
+    if seeds.ndim == 0:
+        if seeds.dtype.kind not in "iu" or int(seeds) < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        keys = _mix(np.full(n, int(seeds), dtype=np.uint64), np.arange(n, dtype=np.uint64))
+    else:
+        if seeds.shape != (n,) or seeds.dtype.kind not in "iu" or (seeds.dtype.kind == "i" and np.any(seeds < 0)):
+            raise ValueError(f"per-galaxy seeds must be {n} non-negative integers, got {seeds.dtype} {seeds.shape}")
+        keys = seeds.astype(np.uint64)
+    return (_mix(keys, question) >> np.uint64(32)).astype(np.int64)
+
+
 def _vote_space_information(
-    concentrations: np.ndarray, n_volunteers: int, method: Method, n_draws: int, seed: int
+    concentrations: np.ndarray, n_volunteers: int, method: Method, n_draws: int, seed: Seed, question: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(mutual information, predictive entropy), each ``(n,)``, for one question's MC samples ``(n, S, k)``."""
     alpha = np.ascontiguousarray(concentrations, dtype=np.float64)
@@ -233,9 +263,10 @@ def _vote_space_information(
         method = "exact" if n_vote_outcomes(n_volunteers, k) <= n_samples * n_draws else "sampled"
     if method not in ("exact", "sampled"):
         raise ValueError(f"unknown method {method!r}; use 'auto', 'exact' or 'sampled'")
+    streams = _streams(seed, n, question)
     mi = np.empty(n)
     entropy = np.empty(n)
-    chunk = max(SEED_BLOCK, (_CHUNK_ELEMENTS // (n_samples * k * (n_volunteers + 1))) // SEED_BLOCK * SEED_BLOCK)
+    chunk = max(1, _CHUNK_ELEMENTS // (n_samples * k * (n_volunteers + 1)))
     for start in range(0, n, chunk):
         part = slice(start, start + chunk)
         tables = log_term_tables(alpha[part], n_volunteers)
@@ -243,7 +274,7 @@ def _vote_space_information(
         if method == "exact":
             mi[part], entropy[part] = exact_information(tables, constant, vote_outcomes(n_volunteers, k))
         else:
-            mi[part], entropy[part] = sampled_information(alpha[part], tables, constant, n_draws, seed, start)
+            mi[part], entropy[part] = sampled_information(alpha[part], tables, constant, n_draws, streams[part])
     return np.maximum(mi, 0.0), entropy
 
 

@@ -23,7 +23,7 @@ from zoobot_pipeline.data.release import ReleaseError, Tile
 from zoobot_pipeline.export.package import ModelPackage
 from zoobot_pipeline.scoring.catalogue import BASE_FIELDS, FLAG_FIELDS, catalogue_schema
 from zoobot_pipeline.scoring.columns import OutputColumns
-from zoobot_pipeline.scoring.session import PackageSession
+from zoobot_pipeline.scoring.session import PackageSession, galaxy_seeds
 
 __all__ = ["ChunkConfig", "ChunkScorer", "PreparedChunk", "ScoredChunk", "TileJob", "failure_reason", "open_tile",
            "prepare_chunk"]
@@ -186,7 +186,8 @@ class ChunkScorer:
         for i in to_score[~finite]:
             flags[i] = "outputs_not_finite"
         scored = to_score[finite]
-        values = self.columns.compute(outputs[finite], self.seed)
+        seeds = galaxy_seeds([ids[i] for i in np.flatnonzero(finite)], self.seed)
+        values = self.columns.compute(outputs[finite], seeds)
         n = rows.num_rows
         model = [_scatter(values[field.name], scored, n, field) for field in self.columns.fields()]
         base = [rows[field.name] for field in BASE_FIELDS]

@@ -24,7 +24,7 @@ import pyarrow as pa
 from scipy.special import xlogy
 
 from zoobot_pipeline.schemas import Schema
-from zoobot_pipeline.stats import expected_fractions, schema_vote_information
+from zoobot_pipeline.stats import Seed, expected_fractions, schema_vote_information
 
 if TYPE_CHECKING:
     from zoobot_pipeline.export.package import ModelPackage
@@ -92,9 +92,10 @@ class OutputColumns:
                 for field in (_field(name, "mean over MC-dropout samples"),
                               _field(f"{name}_std", "standard deviation over MC-dropout samples (ddof=0)"))]
 
-    def compute(self, outputs: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
+    def compute(self, outputs: np.ndarray, seed: Seed = 0) -> dict[str, np.ndarray]:
         """Column arrays (float32, or strings for ``predicted``) for outputs ``(n, S, n_outputs)``, keyed by field
-        name. ``seed`` seeds the sampled vote-space estimates (see :mod:`zoobot_pipeline.stats`)."""
+        name. ``seed`` (one int, or one per galaxy) seeds the sampled vote-space estimates (see
+        :mod:`zoobot_pipeline.stats`)."""
         outputs = np.asarray(outputs, dtype=np.float64)
         if outputs.ndim != 3 or outputs.shape[2] != len(self.output_names):
             raise ValueError(f"expected outputs (n, samples, {len(self.output_names)}), got {outputs.shape}")
@@ -109,7 +110,7 @@ class OutputColumns:
                 values[f"{name}_std"] = outputs[:, :, j].std(axis=1)
         return {k: v if v.dtype.kind in "OU" else v.astype(np.float32) for k, v in values.items()}
 
-    def _dirichlet(self, alpha: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    def _dirichlet(self, alpha: np.ndarray, seed: Seed) -> dict[str, np.ndarray]:
         assert self.schema is not None
         fractions = expected_fractions(alpha, self.schema)
         concentrations = alpha.mean(axis=1)

@@ -1,8 +1,8 @@
-"""onnxruntime sessions for model packages, and the seeded MC-dropout masks they are fed.
+"""onnxruntime sessions for model packages, and the per-galaxy seeds of everything random in scoring.
 
-A galaxy's masks come from ``numpy.random.default_rng([seed, h])`` with ``h`` a 64-bit BLAKE2b hash of its
-``id_str``, so its predictions never depend on which other galaxies share its batch, on the batch size, or on the
-worker that scored it.
+A galaxy's MC-dropout masks come from ``numpy.random.default_rng([seed, h])`` and its sampled vote-space estimates
+from the stream of :func:`galaxy_seeds`, with ``h`` a 64-bit BLAKE2b hash of its ``id_str``: its catalogue row
+never depends on which other galaxies share its batch or chunk, on their sizes, or on the worker that scored it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import onnxruntime as ort
 
 from zoobot_pipeline.export.package import ModelPackage
 
-__all__ = ["PROVIDERS", "Device", "PackageSession", "check_device", "dropout_masks", "make_session"]
+__all__ = ["PROVIDERS", "Device", "PackageSession", "check_device", "dropout_masks", "galaxy_seeds", "make_session"]
 
 Device = Literal["cpu", "cuda", "tensorrt"]
 PROVIDERS: dict[str, list[str]] = {
@@ -58,8 +58,17 @@ def make_session(path: str | Path, device: str = "cpu", threads: int | None = No
     return session
 
 
-def _id_hash(id_str: str) -> int:
-    return int.from_bytes(hashlib.blake2b(id_str.encode(), digest_size=8).digest(), "little")
+def _id_hash(id_str: str, salt: bytes = b"") -> int:
+    return int.from_bytes(hashlib.blake2b(id_str.encode(), digest_size=8, salt=salt).digest(), "little")
+
+
+def galaxy_seeds(ids: Sequence[str], seed: int = 0) -> np.ndarray:
+    """One uint64 seed per galaxy from its ``id_str`` and the run's ``seed`` (for the per-galaxy streams of
+    :mod:`zoobot_pipeline.stats`)."""
+    if not 0 <= seed < 2**128:
+        raise ValueError(f"seed must be in [0, 2**128), got {seed}")
+    salt = seed.to_bytes(16, "little")
+    return np.fromiter((_id_hash(str(id_str), salt) for id_str in ids), dtype=np.uint64, count=len(ids))
 
 
 def dropout_masks(ids: Sequence[str], n_samples: int, n_features: int, rate: float, seed: int = 0) -> np.ndarray:
