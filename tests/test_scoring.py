@@ -18,6 +18,7 @@ import pytest
 from astropy.table import Table, vstack
 from scipy.special import gammaln
 from test_scoring_support import (
+    PREPROCESSING,
     copy_release,
     drop_band,
     independent_outputs,
@@ -31,7 +32,7 @@ from test_scoring_support import (
 from typer.testing import CliRunner
 
 from zoobot_pipeline.cli import app
-from zoobot_pipeline.data.preprocessing import PreprocessingConfig
+from zoobot_pipeline.data.preprocessing import CutoutSizing, PreprocessingConfig
 from zoobot_pipeline.data.release import Release
 from zoobot_pipeline.export import ModelPackage, PackageError
 from zoobot_pipeline.scoring.catalogue import FAILURES_FILE, part_files, part_metadata, part_path, read_catalogue
@@ -137,6 +138,29 @@ def test_a_galaxys_row_does_not_depend_on_the_chunk_it_was_scored_in(catalogue, 
     assert len(model_columns) > 30
     for name in model_columns:
         np.testing.assert_allclose(_numpy(second, name), _numpy(first, name), rtol=2e-6, atol=1e-7, err_msg=name)
+
+
+def test_scoring_cuts_galaxies_as_the_model_was_trained(catalogue, release, tmp_path):
+    fixed = CutoutSizing(size_px=40, r50_factor=None)
+    package = make_package(tmp_path / "model", preprocessing=PREPROCESSING.model_copy(update={"cutout": fixed}))
+    assert ModelPackage.open(package).preprocessing.cutout == fixed  # model.json carries it
+    result = score_release(release, package, tmp_path / "catalogue", chunk_size=CHUNK, progress=False)
+    assert CutoutSizing.model_validate_json(part_metadata(part_files(result.out_dir)[0])["cutout_sizing"]) == fixed
+    table = read_catalogue(result.out_dir)
+    scored = table.filter(pc.is_null(table["flag"]))
+    ids = scored["id_str"].to_pylist()
+    alpha = independent_outputs(release, package, ids).astype(np.float64)  # cut at 40 px, each galaxy alone
+    question = ModelPackage.open(package).schema.questions[0]
+    block = alpha[..., question.slice]
+    label = question.label_cols[0]
+    np.testing.assert_allclose(_numpy(scored, f"{label}_fraction"),
+                               (block[..., 0] / block.sum(axis=-1)).mean(axis=1), rtol=1e-5)
+    default = read_catalogue(catalogue)  # the same weights, cut by r50
+    default = default.filter(pc.is_null(default["flag"])).sort_by("id_str")
+    scored = scored.filter(pc.is_in(scored["id_str"], default["id_str"])).sort_by("id_str")
+    default = default.filter(pc.is_in(default["id_str"], scored["id_str"]))
+    assert scored.num_rows > 30
+    assert np.abs(_numpy(scored, f"{label}_fraction") - _numpy(default, f"{label}_fraction")).mean() > 1e-3
 
 
 def test_classification_and_regression_columns():

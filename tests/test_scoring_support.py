@@ -12,7 +12,7 @@ import pyarrow as pa
 import torch
 from astropy.io import fits
 
-from zoobot_pipeline.data.cutouts import CutoutSizing, tile_cutouts
+from zoobot_pipeline.data.cutouts import tile_cutouts
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig, preprocess
 from zoobot_pipeline.data.release import Release
 from zoobot_pipeline.data.simulate import simulate_release
@@ -28,7 +28,8 @@ MODEL = ModelConfig.from_preprocessing(PREPROCESSING, architecture="test_resnet"
 VALUE_COLUMNS_EXCLUDED = {"id_str", "tile_id", "flag", "edge", "predicted"}
 
 
-def make_package(root: Path, mc_samples: int = 5, torch_seed: int = 0) -> Path:
+def make_package(root: Path, mc_samples: int = 5, torch_seed: int = 0,
+                 preprocessing: PreprocessingConfig = PREPROCESSING) -> Path:
     """A tiny test_resnet at 32 px whose head varies with the input (as after training), exported with S samples.
 
     Scoring needs a model whose outputs vary, not a good one: a random encoder and head export in seconds.
@@ -37,7 +38,7 @@ def make_package(root: Path, mc_samples: int = 5, torch_seed: int = 0) -> Path:
     model = build_model(MODEL)
     with torch.no_grad():
         model.dirichlet_head.linear.weight.normal_(0.0, 0.5)
-    checkpoint = save_checkpoint(model.eval(), root / "checkpoint", PREPROCESSING)
+    checkpoint = save_checkpoint(model.eval(), root / "checkpoint", preprocessing)
     return export_package(checkpoint, root / "package", mc_samples=mc_samples)
 
 
@@ -93,7 +94,8 @@ def independent_outputs(release_dir: Path, package_dir: Path, ids: list[str], se
         sources = release.tile_sources(tile_id)
         with release.open_tile(tile_id) as tile:
             for id_str, cut in zip(sources["id_str"].to_pylist(),
-                                   tile_cutouts(tile, sources, CutoutSizing(), release.info.pixel_scale_arcsec),
+                                   tile_cutouts(tile, sources, package.preprocessing.cutout,
+                                                release.info.pixel_scale_arcsec),
                                    strict=True):
                 if id_str in wanted:
                     image = preprocess(cut.data, package.preprocessing, release.bands)[None]

@@ -8,7 +8,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from zoobot_pipeline.data.preprocessing import PreprocessingConfig
+from zoobot_pipeline.data.cutouts import release_cutouts
+from zoobot_pipeline.data.preprocessing import CutoutSizing, PreprocessingConfig, preprocess
+from zoobot_pipeline.data.release import Release
 from zoobot_pipeline.data.simulate import simulate_release
 from zoobot_pipeline.models import (
     AugmentationConfig,
@@ -45,6 +47,21 @@ def test_labelled_images_follow_votes(release: Path):
     assert data.targets.shape == (len(data.ids), get_schema("decals_dr5").n_answers)
     assert len(data.ids) + data.n_rejected + data.n_missing == 60
     assert data.images.min() >= 0.0 and data.images.max() <= 1.0
+
+
+def test_labelled_images_are_cut_as_the_preprocessing_says(release: Path):
+    fixed = PREPROCESSING.model_copy(update={"cutout": CutoutSizing(size_px=40, r50_factor=None)})
+    data = load_labelled_images(release, release / "votes.parquet", get_schema("decals_dr5"), fixed)
+    default = load_labelled_images(release, release / "votes.parquet", get_schema("decals_dr5"), PREPROCESSING)
+    opened = Release.open(release)
+    expected = {id_str: preprocess(cut.data, fixed, opened.bands)
+                for id_str, cut in release_cutouts(opened, data.ids, sizing=CutoutSizing(size_px=40, r50_factor=None))}
+    assert all(cut.data.shape[1:] == (40, 40) for _, cut in release_cutouts(opened, data.ids[:3], sizing=fixed.cutout))
+    np.testing.assert_array_equal(data.images, np.stack([expected[i] for i in data.ids]))
+    common = sorted(set(data.ids) & set(default.ids))
+    assert len(common) > 40
+    fixed_images = data.images[[data.ids.index(i) for i in common]]
+    assert not np.allclose(fixed_images, default.images[[default.ids.index(i) for i in common]], atol=1e-3)
 
 
 def test_local_pretraining_loss_falls_and_keeps_the_best_checkpoint(release: Path, tmp_path: Path):

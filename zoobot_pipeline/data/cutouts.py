@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from astropy.nddata.utils import NoOverlapError, overlap_slices
 from astropy.wcs import WCS
-from pydantic import BaseModel, ConfigDict, Field
 
+from zoobot_pipeline.data.preprocessing import CutoutSizing
 from zoobot_pipeline.data.release import Release, Tile
 
 __all__ = [
@@ -46,34 +46,6 @@ class Cutout:
     def rejected(self) -> bool:
         """True when the cutout is off the tile or at least :data:`MAX_NAN_FRACTION` of it is NaN or zero."""
         return self.off_tile or self.nan_fraction >= MAX_NAN_FRACTION
-
-
-class CutoutSizing(BaseModel):
-    """Cutout width in pixels: fixed, or scaled with source size (Galaxy Zoo style).
-
-    With ``r50_factor`` set (the default), half-width = clip(r50_factor * r50_arcsec / pixel_scale, min_half_px,
-    max_half_px), so the galaxy fills a similar share of every image as in Galaxy Zoo DESI; a source without a
-    finite, positive size gets the fixed ``size_px``. Set ``r50_factor=None`` for fixed-size cutouts.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    size_px: int = Field(default=128, ge=1)
-    r50_factor: float | None = Field(default=5.0, gt=0)
-    min_half_px: int = Field(default=24, ge=1)
-    max_half_px: int = Field(default=256, ge=1)
-    size_column: str = "r50_arcsec"
-
-    def sizes(self, r50_arcsec: np.ndarray | None, pixel_scale_arcsec: float, n: int) -> np.ndarray:
-        """Full widths in pixels for ``n`` sources with half-light radii ``r50_arcsec`` (or None)."""
-        sizes = np.full(n, self.size_px, dtype=np.int64)
-        if self.r50_factor is None or r50_arcsec is None:
-            return sizes
-        r50 = np.asarray(r50_arcsec, dtype=np.float64)
-        ok = np.isfinite(r50) & (r50 > 0)
-        half = np.clip(self.r50_factor * r50[ok] / pixel_scale_arcsec, self.min_half_px, self.max_half_px)
-        sizes[ok] = 2 * np.round(half).astype(np.int64)
-        return sizes
 
 
 def cutout_at_pixels(images: Sequence[np.ndarray], positions: Sequence[tuple[float, float]], size: int) -> Cutout:

@@ -1,5 +1,9 @@
 """The one preprocessing definition shared by training, scoring and rendering.
 
+The cutout of each source is cut from its survey tile as ``cutout`` (:class:`CutoutSizing`) says: fixed, or scaled
+with the source's half-light radius. It is part of the preprocessing because it sets the angular scale the model
+sees: a model package records it, and scoring cuts exactly as training did.
+
 Steps, in order, for a cutout of shape ``(n_bands, H, W)``:
 
 1. select ``bands`` (by name when the cutout's band names are given) and divide each by its ``band_scales`` entry;
@@ -26,11 +30,39 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["PreprocessingConfig", "preprocess", "preprocess_batch", "resize_channels"]
+__all__ = ["CutoutSizing", "PreprocessingConfig", "preprocess", "preprocess_batch", "resize_channels"]
 
 # Legacy Survey DR2-style divisors (nanomaggies) and limits used for GZ DECaLS subject images.
 _GZ_DECALS_SCALES = (0.008, 0.014, 0.019)
 _GZ_DECALS_LIMITS = (-0.5, 300.0)
+
+
+class CutoutSizing(BaseModel):
+    """Cutout width in pixels: fixed, or scaled with source size (Galaxy Zoo style).
+
+    With ``r50_factor`` set (the default), half-width = clip(r50_factor * r50_arcsec / pixel_scale, min_half_px,
+    max_half_px), so the galaxy fills a similar share of every image as in Galaxy Zoo DESI; a source without a
+    finite, positive size gets the fixed ``size_px``. Set ``r50_factor=None`` for fixed-size cutouts.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    size_px: int = Field(default=128, ge=1)
+    r50_factor: float | None = Field(default=5.0, gt=0)
+    min_half_px: int = Field(default=24, ge=1)
+    max_half_px: int = Field(default=256, ge=1)
+    size_column: str = "r50_arcsec"
+
+    def sizes(self, r50_arcsec: np.ndarray | None, pixel_scale_arcsec: float, n: int) -> np.ndarray:
+        """Full widths in pixels for ``n`` sources with half-light radii ``r50_arcsec`` (or None)."""
+        sizes = np.full(n, self.size_px, dtype=np.int64)
+        if self.r50_factor is None or r50_arcsec is None:
+            return sizes
+        r50 = np.asarray(r50_arcsec, dtype=np.float64)
+        ok = np.isfinite(r50) & (r50 > 0)
+        half = np.clip(self.r50_factor * r50[ok] / pixel_scale_arcsec, self.min_half_px, self.max_half_px)
+        sizes[ok] = 2 * np.round(half).astype(np.int64)
+        return sizes
 
 
 class PreprocessingConfig(BaseModel):
@@ -52,6 +84,7 @@ class PreprocessingConfig(BaseModel):
     nan_fill: float = Field(default=0.0, ge=0, le=1)
     crop_fraction: float = Field(default=1.0, gt=0, le=1)
     input_size: int = Field(default=224, ge=1)
+    cutout: CutoutSizing = Field(default_factory=CutoutSizing)
 
     @model_validator(mode="after")
     def _consistent(self) -> PreprocessingConfig:

@@ -23,7 +23,7 @@ def release_images(release_dir: str | Path, preprocessing: PreprocessingConfig, 
     ids = release.sources["id_str"].to_numpy(zero_copy_only=False)
     chosen = np.random.default_rng(seed).permutation(ids)[: 2 * n]
     images = [preprocess(cut.data, preprocessing, release.bands)
-              for _, cut in release_cutouts(release, chosen.tolist()) if not cut.rejected]
+              for _, cut in release_cutouts(release, chosen.tolist(), sizing=preprocessing.cutout) if not cut.rejected]
     if not images:
         raise ValueError(f"{release.path}: no usable cutouts among {len(chosen)} sampled sources")
     return np.stack(images[:n])

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from zoobot_pipeline.data.cutouts import MAX_NAN_FRACTION, CutoutSizing, tile_cutouts
+from zoobot_pipeline.data.cutouts import MAX_NAN_FRACTION, tile_cutouts
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig, preprocess
 from zoobot_pipeline.data.release import ReleaseError, Tile
 from zoobot_pipeline.export.package import ModelPackage
@@ -34,12 +34,11 @@ CUT_BATCH = 32
 
 @dataclass(frozen=True)
 class ChunkConfig:
-    """How to cut and preprocess: the release's bands and pixel scale, the cutout sizing and the model's
-    preprocessing."""
+    """How to cut and preprocess: the release's bands and pixel scale, and the model's preprocessing (cutout sizing
+    included)."""
 
     bands: tuple[str, ...]
     pixel_scale_arcsec: float
-    sizing: CutoutSizing
     preprocessing: PreprocessingConfig
 
 
@@ -119,7 +118,8 @@ def prepare_chunk(tile: Tile | None, tile_error: str | None, sources: pa.Table, 
     for start in range(0, n if tile_error is None else 0, CUT_BATCH):
         assert tile is not None
         try:
-            cutouts = tile_cutouts(tile, sources.slice(start, CUT_BATCH), config.sizing, config.pixel_scale_arcsec)
+            cutouts = tile_cutouts(tile, sources.slice(start, CUT_BATCH), config.preprocessing.cutout,
+                                   config.pixel_scale_arcsec)
         except Exception as err:  # noqa: BLE001 - e.g. an I/O error reading the memory-mapped tile
             tile_error = failure_reason(err)
             break

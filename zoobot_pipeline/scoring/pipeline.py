@@ -30,7 +30,6 @@ import pyarrow as pa
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from zoobot_pipeline import __version__
-from zoobot_pipeline.data.cutouts import CutoutSizing
 from zoobot_pipeline.data.release import Release
 from zoobot_pipeline.export.package import ModelPackage
 from zoobot_pipeline.io import exclusive_lock
@@ -238,7 +237,7 @@ def score_release(release_dir: str | Path, package_dir: str | Path, out_dir: str
     package.onnx_path(variant)
     release = Release.open(Path(release_dir).resolve(), allow_missing_tiles=True)
     package.check_release(release)
-    sizing = CutoutSizing()
+    sizing = package.preprocessing.cutout  # cut as the model was trained
     settings = RunSettings(
         model_sha256=package.sha256, variant=variant, task=package.task,
         schema=package.schema.name if package.schema is not None else "", release=release.info.name,
@@ -259,7 +258,7 @@ def score_release(release_dir: str | Path, package_dir: str | Path, out_dir: str
             skipped += 1
         else:
             jobs.append(TileJob(tile_id, release.tile_paths[tile_id], sources))
-    config = ChunkConfig(release.bands, release.info.pixel_scale_arcsec, sizing, package.preprocessing)
+    config = ChunkConfig(release.bands, release.info.pixel_scale_arcsec, package.preprocessing)
     metadata = {**settings.metadata(), "package": str(package.path.resolve()), "release_path": str(release.path),
                 "code_version": __version__}
     scorer_options = {"variant": variant, "device": device, "threads": threads, "batch_size": batch_size,

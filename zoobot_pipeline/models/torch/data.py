@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from zoobot_pipeline.data.cutouts import CutoutSizing, release_cutouts
+from zoobot_pipeline.data.cutouts import release_cutouts
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig, preprocess
 from zoobot_pipeline.data.release import Release
 from zoobot_pipeline.data.votes import read_votes, vote_matrix
@@ -45,24 +45,24 @@ class LabelledImages:
 
 
 def load_labelled_images(release_dir: str | Path, votes_path: str | Path, schema: Schema,
-                         preprocessing: PreprocessingConfig, sizing: CutoutSizing | None = None) -> LabelledImages:
+                         preprocessing: PreprocessingConfig) -> LabelledImages:
     """Cut and preprocess every galaxy with votes; ``n_rejected`` counts rejected cutouts, ``n_missing`` voted ids
     absent from the release."""
     votes = read_votes(votes_path, schema)
-    return load_images(release_dir, votes.column("id_str").to_pylist(), vote_matrix(votes, schema), preprocessing,
-                       sizing)
+    return load_images(release_dir, votes.column("id_str").to_pylist(), vote_matrix(votes, schema), preprocessing)
 
 
-def load_images(release_dir: str | Path, ids: Sequence[str], targets: np.ndarray, preprocessing: PreprocessingConfig,
-                sizing: CutoutSizing | None = None) -> LabelledImages:
-    """Cut and preprocess the galaxies ``ids`` (row ``i`` of ``targets`` belongs to ``ids[i]``), in release order."""
+def load_images(release_dir: str | Path, ids: Sequence[str], targets: np.ndarray,
+                preprocessing: PreprocessingConfig) -> LabelledImages:
+    """Cut (as ``preprocessing.cutout`` says) and preprocess the galaxies ``ids`` (row ``i`` of ``targets`` belongs to
+    ``ids[i]``), in release order."""
     row_of = {id_str: row for row, id_str in enumerate(ids)}
     release = Release.open(release_dir)
     kept: list[str] = []
     images: list[np.ndarray] = []
     rows: list[int] = []
     seen = 0
-    for id_str, cut in release_cutouts(release, ids=list(row_of), sizing=sizing):
+    for id_str, cut in release_cutouts(release, ids=list(row_of), sizing=preprocessing.cutout):
         seen += 1
         if cut.rejected:
             continue

@@ -13,7 +13,6 @@ from typing import Any, Literal
 
 import torch
 
-from zoobot_pipeline.data.cutouts import CutoutSizing
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
 from zoobot_pipeline.models import FinetuneConfig, ModelConfig, TrainingConfig
 from zoobot_pipeline.models.labels import read_finetune_labels
@@ -43,7 +42,6 @@ class TrainingJob:
     model: ModelConfig | None = None
     finetune: FinetuneConfig | None = None
     base_checkpoint: str | None = None
-    sizing: CutoutSizing | None = None
 
 
 @dataclass
@@ -64,14 +62,14 @@ def build_task(job: TrainingJob) -> TrainingTask:
         if job.model is None:
             raise ValueError("a pretraining job needs a model config")
         model: ZoobotModel | FinetuneModel = build_model(job.model)
-        data = load_labelled_images(job.release_dir, job.labels_path, model.schema, job.preprocessing, job.sizing)
+        data = load_labelled_images(job.release_dir, job.labels_path, model.schema, job.preprocessing)
         loss_fn, groups = schema_loss(model.schema), None
     else:
         if job.finetune is None or (job.base_checkpoint is None and job.model is None):
             raise ValueError("a finetuning job needs a finetune config and a base checkpoint or model config")
         labels = read_finetune_labels(job.labels_path, job.finetune)
         finetuned = build_finetune_model(job.base_checkpoint or job.model, job.finetune, labels.class_names)
-        data = load_images(job.release_dir, labels.ids, labels.targets, job.preprocessing, job.sizing)
+        data = load_images(job.release_dir, labels.ids, labels.targets, job.preprocessing)
 
         def loss_fn(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
             return finetune_loss(finetuned, outputs, targets)
