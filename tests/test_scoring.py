@@ -31,7 +31,7 @@ from test_scoring_support import (
 )
 from typer.testing import CliRunner
 
-from zoobot_pipeline.cli import app
+from zoobot_pipeline.cli import TILES_FAILED_EXIT, app
 from zoobot_pipeline.data.preprocessing import CutoutSizing, PreprocessingConfig
 from zoobot_pipeline.data.release import Release
 from zoobot_pipeline.export import ModelPackage, PackageError
@@ -305,9 +305,9 @@ def bad_release(tmp_path) -> Path:
 
 def test_bad_tiles_are_recorded_and_the_rest_is_scored(package, bad_release, tmp_path):
     out = tmp_path / "cat"
-    result = CliRunner().invoke(app, ["score", "--release", str(bad_release), "--model", str(package), "--out",
-                                      str(out), "--quiet"])
-    assert result.exit_code == 0, result.output
+    command = ["score", "--release", str(bad_release), "--model", str(package), "--out", str(out), "--quiet"]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == TILES_FAILED_EXIT, result.output
     assert "4 failed" in result.output and "tile tile_0003 failed" in result.output
     failures = {row["tile_id"]: row for row in pq.read_table(out / FAILURES_FILE).to_pylist()}
     assert sorted(failures) == ["tile_0000", "tile_0001", "tile_0002", "tile_0003"]
@@ -337,6 +337,8 @@ def test_bad_tiles_are_recorded_and_the_rest_is_scored(package, bad_release, tmp
     retried = read_catalogue(out).filter(pc.equal(read_catalogue(out)["tile_id"], "tile_0001"))
     assert not any(f.startswith("tile_failed") for f in retried["flag"].drop_null().to_pylist())
     assert "tile_failed" not in part_metadata(part_path(out, "tile_0001"))
+    tolerated = CliRunner().invoke(app, [*command, "--allow-failed-tiles"])
+    assert tolerated.exit_code == 0 and "3 failed" in tolerated.output, tolerated.output
 
 
 def test_refusals_happen_before_any_output(package, release, tmp_path):

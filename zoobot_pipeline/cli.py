@@ -28,6 +28,9 @@ error_console = Console(stderr=True, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+TILES_FAILED_EXIT = 3  # score: finished, some tiles failed and were recorded
+
+
 def _user_errors(func: F) -> F:
     """Turn the library's input errors into a one-line message and exit code 2, instead of a traceback."""
 
@@ -507,8 +510,14 @@ def score(
     overwrite: Annotated[bool, typer.Option(help="Replace a catalogue written with another model or settings.")]
     = False,
     quiet: Annotated[bool, typer.Option("--quiet/--progress", help="Hide or show the progress bar.")] = False,
+    allow_failed_tiles: Annotated[bool, typer.Option(
+        help="Exit 0 even when tiles failed (they are recorded in failures.parquet either way).")] = False,
 ) -> None:
-    """Score every source of a release into a Parquet catalogue (one file per tile); resumable."""
+    """Score every source of a release into a Parquet catalogue (one file per tile); resumable.
+
+    Exit code 3: the run finished but some tiles failed (recorded in failures.parquet, their sources flagged); a rerun
+    retries them.
+    """
     from zoobot_pipeline.scoring.pipeline import score_release
 
     result = score_release(release, model, out, batch_size=batch_size, chunk_size=chunk_size, mc_samples=mc_samples,
@@ -522,6 +531,8 @@ def score(
     for failure in result.failures:
         error_console.print(f"[yellow]tile {failure['tile_id']} failed:[/] {failure['reason']} "
                             f"({failure['n_sources']} sources flagged; rerun to retry)", highlight=False)
+    if result.failures and not allow_failed_tiles:
+        raise typer.Exit(TILES_FAILED_EXIT)
 
 
 _SPARK = " ▁▂▃▄▅▆▇█"
