@@ -20,6 +20,7 @@ from zoobot_pipeline.data.release import (
     load_cutout_file,
     open_release,
 )
+from zoobot_pipeline.io import read_table
 
 
 def test_open_reads_metadata_and_groups_sources_by_tile(tiny_release):
@@ -77,6 +78,26 @@ def test_metadata_missing_field_names_field(tiny_release):
 def _rewrite_sources(tiny_release, transform):
     path = tiny_release.path / "sources.parquet"
     pq.write_table(transform(pq.read_table(path)), path)
+
+
+def test_sources_are_grouped_by_tile_and_only_the_asked_columns_are_read(tiny_release):
+    interleaved = [3, 4, 0, 1, 2]  # tiles t0, t1, t0, t0, t0
+    _rewrite_sources(tiny_release, lambda t: t.take(interleaved).append_column(
+        "mag_r", pa.array(np.arange(5.0))))
+    original = pq.read_table(tiny_release.path / "sources.parquet")
+    release = Release.open(tiny_release.path)
+    assert release.sources["tile_id"].to_pylist() == sorted(original["tile_id"].to_pylist())
+    for tile_id in release.tile_ids:  # within a tile: catalogue order
+        expected = [i for i, t in zip(original["id_str"].to_pylist(), original["tile_id"].to_pylist(), strict=True)
+                    if t == tile_id]
+        assert release.tile_sources(tile_id)["id_str"].to_pylist() == expected
+    assert release.sources.column_names == original.column_names
+    narrow = Release.open(tiny_release.path, columns=["r50_arcsec", "not_in_the_file"])
+    assert narrow.sources.column_names == ["id_str", "ra", "dec", "tile_id", "r50_arcsec"]
+    assert narrow.sources["id_str"].equals(release.sources["id_str"])
+    pacsv.write_csv(original, tiny_release.path / "sources.csv")
+    csv = read_table(tiny_release.path / "sources.csv", columns=["ra", "mag_r", "nope"])
+    assert csv.column_names == ["ra", "mag_r"]
 
 
 def test_missing_columns_are_named(tiny_release):

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -111,10 +111,20 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def read_table(path: str | Path, error: type[Exception] = ValueError, what: str = "table") -> pa.Table:
-    """Read a Parquet or CSV (by suffix) table; an unreadable file raises ``error`` naming the path and ``what``."""
+def read_table(path: str | Path, error: type[Exception] = ValueError, what: str = "table",
+               columns: Sequence[str] | None = None) -> pa.Table:
+    """Read a Parquet or CSV (by suffix) table; an unreadable file raises ``error`` naming the path and ``what``.
+
+    ``columns``: read only those of these columns that the file has (a Parquet file reads nothing else).
+    """
     path = Path(path)
     try:
-        return pacsv.read_csv(path) if path.suffix.lower() == ".csv" else pq.read_table(path)
+        if path.suffix.lower() == ".csv":
+            table = pacsv.read_csv(path)
+            return table if columns is None else table.select([c for c in columns if c in table.column_names])
+        if columns is None:
+            return pq.read_table(path)
+        present = set(pq.read_schema(path).names)
+        return pq.read_table(path, columns=[c for c in columns if c in present])
     except (OSError, pa.ArrowInvalid) as err:
         raise error(f"{path}: cannot read {what}: {err}") from err

@@ -202,20 +202,26 @@ class Release:
     def __init__(self, path: Path, info: ReleaseInfo, sources: pa.Table, tile_paths: dict[str, Path]) -> None:
         self.path = path
         self.info = info
-        self.sources = sources
         self.tile_paths = tile_paths
-        self._by_tile = sources.take(pc.sort_indices(sources["tile_id"]))
-        ids = self._by_tile["tile_id"].to_numpy(zero_copy_only=False)
+        tiles = sources["tile_id"]
+        grouped = len(tiles) < 2 or pc.all(pc.less_equal(tiles[:-1], tiles[1:])).as_py()
+        # one copy in memory, grouped by tile (stable: catalogue order within a tile); none if already grouped
+        self.sources = sources if grouped else sources.take(pc.sort_indices(tiles))
+        ids = self.sources["tile_id"].to_numpy(zero_copy_only=False)
         starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.array([], dtype=np.int64)
         ends = np.r_[starts[1:], len(ids)]
         self._slices = {str(ids[a]): (int(a), int(b - a)) for a, b in zip(starts, ends, strict=True)}
 
     @classmethod
-    def open(cls, path: str | Path, *, allow_missing_tiles: bool = False) -> Release:
+    def open(cls, path: str | Path, *, allow_missing_tiles: bool = False,
+             columns: Sequence[str] | None = None) -> Release:
         """Read ``release.json`` and ``sources.parquet`` and locate every tile; no image is opened yet.
 
-        A tile that sources reference but that has no file is an error, or with ``allow_missing_tiles`` is kept at
-        its expected path, where opening the tile fails (scoring records that tile as failed and goes on).
+        ``sources`` holds the source rows grouped by tile (catalogue order within each tile), with every column, or
+        only the required ones plus those of ``columns`` the file has (a survey-size catalogue then costs only what
+        the caller reads). A tile that sources reference but that has no file is an error, or with
+        ``allow_missing_tiles`` is kept at its expected path, where opening the tile fails (scoring records that tile
+        as failed and goes on).
         """
         path = Path(path)
         meta_path = path / "release.json"
@@ -231,7 +237,8 @@ class Release:
         sources_path = path / "sources.parquet"
         if not sources_path.is_file():
             raise ReleaseError(f"{sources_path}: sources.parquet not found")
-        sources = _check_columns(read_table(sources_path, ReleaseError, "source catalogue"), SOURCE_COLUMNS,
+        wanted = None if columns is None else [*SOURCE_COLUMNS, *(c for c in columns if c not in SOURCE_COLUMNS)]
+        sources = _check_columns(read_table(sources_path, ReleaseError, "source catalogue", wanted), SOURCE_COLUMNS,
                                  sources_path)
         tile_paths = {}
         for tile_id in sorted(pc.unique(sources["tile_id"]).to_pylist()):
@@ -282,7 +289,7 @@ class Release:
     def tile_sources(self, tile_id: str) -> pa.Table:
         """Source rows of one tile, in catalogue order."""
         offset, length = self._slices.get(tile_id, (0, 0))
-        return self._by_tile.slice(offset, length)
+        return self.sources.slice(offset, length)
 
     def iter_tiles(self) -> Iterator[tuple[Tile, pa.Table]]:
         """Yield ``(tile, sources)`` one tile at a time; each tile is closed before the next is opened."""

@@ -235,9 +235,9 @@ def score_release(release_dir: str | Path, package_dir: str | Path, out_dir: str
     _check_options(batch_size, chunk_size, mc_samples, use_ray, workers, gpus_per_worker, device, ray_address)
     package = ModelPackage.open(package_dir)
     package.onnx_path(variant)
-    release = Release.open(Path(release_dir).resolve(), allow_missing_tiles=True)
-    package.check_release(release)
     sizing = package.preprocessing.cutout  # cut as the model was trained
+    release = Release.open(Path(release_dir).resolve(), allow_missing_tiles=True, columns=[sizing.size_column])
+    package.check_release(release)
     settings = RunSettings(
         model_sha256=package.sha256, variant=variant, task=package.task,
         schema=package.schema.name if package.schema is not None else "", release=release.info.name,
