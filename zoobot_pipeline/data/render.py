@@ -29,8 +29,10 @@ __all__ = [
 ]
 
 MAX_IMAGE_BYTES = 1024 * 1024
-_PNG_COMPRESS_LEVELS = (4, 9)
-_JPEG_QUALITIES = (90, 80, 70, 60, 50, 40)
+# Pillow save options per format, tried in order until the file fits: PNG zlib level 4 then 9, JPEG falling quality.
+_PNG = ("PNG", [{"compress_level": level} for level in (4, 9)])
+_JPEG = ("JPEG", [{"quality": quality} for quality in (90, 80, 70, 60, 50, 40)])
+_ENCODINGS: dict[str, tuple[str, list[dict[str, int]]]] = {"png": _PNG, "jpg": _JPEG, "jpeg": _JPEG}
 _CAPTION_LINE = 13  # px per caption line in Pillow's default font (size 10: ascent 10 + descent 3)
 _CAPTION_PAD = 3  # px between a caption and the sides of its cell
 
@@ -70,23 +72,19 @@ def render_rgb(
 def encode_image(rgb: np.ndarray, fmt: str = "png", max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
     """Encode uint8 ``(H, W, 3)`` as PNG (raising the zlib level only if needed to fit ``max_bytes``) or JPEG
     (lowering quality until it fits)."""
-    image = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8))
     fmt = fmt.lower()
-    if fmt == "png":
-        for level in _PNG_COMPRESS_LEVELS:
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG", compress_level=level)
-            if buffer.tell() <= max_bytes:
-                return buffer.getvalue()
-        raise ValueError(f"PNG of {rgb.shape[1]}x{rgb.shape[0]} is {buffer.tell()} bytes, over {max_bytes}")
-    if fmt in ("jpg", "jpeg"):
-        for quality in _JPEG_QUALITIES:
-            buffer = io.BytesIO()
-            image.save(buffer, format="JPEG", quality=quality)
-            if buffer.tell() <= max_bytes:
-                return buffer.getvalue()
-        raise ValueError(f"JPEG of {rgb.shape[1]}x{rgb.shape[0]} exceeds {max_bytes} bytes even at quality 40")
-    raise ValueError(f"unsupported image format {fmt!r} (png or jpeg)")
+    if fmt not in _ENCODINGS:
+        raise ValueError(f"unsupported image format {fmt!r} (png or jpeg)")
+    name, attempts = _ENCODINGS[fmt]
+    image = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8))
+    for options in attempts:
+        buffer = io.BytesIO()
+        image.save(buffer, format=name, **options)
+        if buffer.tell() <= max_bytes:
+            return buffer.getvalue()
+    size = buffer.tell()
+    raise ValueError(f"{name} of {rgb.shape[1]}x{rgb.shape[0]} exceeds {max_bytes} bytes even with {attempts[-1]}: "
+                     f"{size} bytes, over {max_bytes} by {size - max_bytes}")
 
 
 def _write(encoded: bytes, path: str | Path) -> Path:
