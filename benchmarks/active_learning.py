@@ -31,12 +31,12 @@ from scipy.stats import spearmanr
 from zoobot_pipeline import models
 from zoobot_pipeline.active.acquisition import entropy, mutual_information
 from zoobot_pipeline.active.loop import ExperimentConfig, RoundConfig, galaxy_nll, run_experiment
+from zoobot_pipeline.catalogue import read_catalogue
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
-from zoobot_pipeline.data.simulate import simulate_release
+from zoobot_pipeline.data.synthetic.simulate import simulate_release
 from zoobot_pipeline.data.votes import read_votes, vote_matrix
 from zoobot_pipeline.io import atomic_path
 from zoobot_pipeline.schemas import get_schema
-from zoobot_pipeline.scoring.catalogue import read_catalogue
 from zoobot_pipeline.stats import dirichlet_multinomial_nll
 
 COLOURS = {"mutual_information": "#c83c28", "random": "#285ac8", "entropy": "#289646"}

@@ -27,7 +27,7 @@ if "$PY" -c "import onnxruntime as o, sys; sys.exit('CUDAExecutionProvider' not 
   "$PY" benchmarks/scoring_throughput.py --release "$RELEASE" --device cuda --batch 64 --epochs 3
   "$PY" benchmarks/scoring_throughput.py --release "$RELEASE" --device tensorrt --batch 64 --epochs 3 || true
 else
-  "$PY" -c "from zoobot_pipeline.scoring.session import check_device; check_device('cuda')" || true
+  "$PY" -c "from zoobot_pipeline.runtime.session import check_device; check_device('cuda')" || true
   "$PY" benchmarks/scoring_throughput.py --release "$RELEASE" --device cpu --torch-device cuda --threads 16 \
     --batch 32 --epochs 3
 fi

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from zoobot_pipeline import models
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
-from zoobot_pipeline.data.simulate import simulate_release
+from zoobot_pipeline.data.synthetic.simulate import simulate_release
 from zoobot_pipeline.data.votes import read_votes, vote_matrix
 from zoobot_pipeline.schemas import get_schema
 from zoobot_pipeline.stats import dirichlet_multinomial_nll, population_concentrations

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
-from zoobot_pipeline.data.simulate import simulate_release
+from zoobot_pipeline.data.synthetic.simulate import simulate_release
 from zoobot_pipeline.export import export_package
 from zoobot_pipeline.models import ModelConfig
 from zoobot_pipeline.models.torch.checkpoint import save_checkpoint

@@ -30,8 +30,8 @@ from zoobot_pipeline.data.release import Release
 from zoobot_pipeline.export import ModelPackage, export_package
 from zoobot_pipeline.models import ModelConfig, TrainingConfig, pretrain
 from zoobot_pipeline.models.torch.checkpoint import load_checkpoint
+from zoobot_pipeline.runtime.session import PackageSession
 from zoobot_pipeline.scoring.pipeline import score_release
-from zoobot_pipeline.scoring.session import PackageSession
 
 
 def _prepare(release_dir: Path, preprocessing: PreprocessingConfig) -> tuple[np.ndarray, list[str], float]:
@@ -108,7 +108,7 @@ def main() -> None:
         tmp = args.work or Path(tmp_name)
         release = args.release or tmp / "release"
         if not (release / "release.json").exists():
-            from zoobot_pipeline.data.simulate import simulate_release
+            from zoobot_pipeline.data.synthetic.simulate import simulate_release
 
             simulate_release(release, args.galaxies, args.tiles, seed=1, progress=False)
         preprocessing = PreprocessingConfig.gz_decals(input_size=args.size)

@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from zoobot_pipeline.data.simulate import simulate_release
+from zoobot_pipeline.data.synthetic.simulate import simulate_release
 
 
 def main() -> None:

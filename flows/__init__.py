@@ -4,7 +4,7 @@
 - :mod:`flows.scoring`: ``score_release``, ``rank_and_queue``.
 - :mod:`flows.active_learning`: ``active_learning_cycle``.
 - :mod:`flows.watcher`: ``watch_releases``.
-- :mod:`flows.reports`: the artifacts the flows leave in the Prefect UI.
+- :mod:`flows.artifacts`: the artifacts the flows leave in the Prefect UI.
 
 Deployments (schedules, work pools) are in ``deploy/prefect.yaml``; see ``deploy/README.md``.
 """

@@ -34,9 +34,9 @@ from flows.scoring import QueueResult, rank_and_queue, score_release
 from flows.training import export, finetune
 from zoobot_pipeline.active.votes_merge import MERGED_KEY, merge_votes
 from zoobot_pipeline.active.zooniverse import DEFAULT_ENDPOINT
-from zoobot_pipeline.export.package import MODEL_JSON
 from zoobot_pipeline.io import exclusive_lock, file_sha256
 from zoobot_pipeline.models import CHECKPOINT_JSON, FinetuneConfig, TrainingConfig
+from zoobot_pipeline.runtime.package import MODEL_JSON
 
 __all__ = ["CycleResult", "active_learning_cycle"]
 

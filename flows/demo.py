@@ -23,12 +23,12 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.scoring import rank_and_queue, score_release
 from flows.training import export, pretrain
-from zoobot_pipeline.data.hubble import hubble_deep_field_release
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
-from zoobot_pipeline.data.simulate import simulate_release
+from zoobot_pipeline.data.synthetic.hubble import hubble_deep_field_release
+from zoobot_pipeline.data.synthetic.simulate import simulate_release
+from zoobot_pipeline.figures import acquisition_histogram, certainty_grid
 from zoobot_pipeline.io import write_json_atomic
 from zoobot_pipeline.models import ModelConfig, TrainingConfig
-from zoobot_pipeline.reports import acquisition_histogram, certainty_grid
 
 __all__ = ["demo", "main"]
 

@@ -26,7 +26,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 
-from flows.reports import artifact_key, markdown_table, publish_link, publish_table, queue_sheet
+from flows.artifacts import artifact_key, markdown_table, publish_link, publish_table, queue_sheet
 from zoobot_pipeline.active.manifest import write_manifest
 from zoobot_pipeline.active.ranking import QUEUE_FILE, RUNS_DIR, rank_catalogue
 from zoobot_pipeline.active.zooniverse import DEFAULT_ENDPOINT, UploadReport, upload_manifest

@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.reports import artifact_key, markdown_table, publish_table
+from flows.artifacts import artifact_key, markdown_table, publish_table
 from zoobot_pipeline import models
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
 from zoobot_pipeline.export import ModelPackage, export_package

@@ -23,10 +23,8 @@ the other releases are done.
 
 from __future__ import annotations
 
-import fcntl
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -35,10 +33,10 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from flows.reports import markdown_table, publish_table
+from flows.artifacts import markdown_table, publish_table
 from flows.scoring import rank_and_queue, score_release
 from zoobot_pipeline.active.zooniverse import DEFAULT_ENDPOINT
-from zoobot_pipeline.io import write_json_atomic
+from zoobot_pipeline.io import file_lock, write_json_atomic
 
 __all__ = ["CLAIMS_DIR", "LEDGER_FILE", "Ledger", "find_releases", "watch_releases"]
 
@@ -67,23 +65,12 @@ class Ledger:
 
     def record(self, name: str, entry: dict[str, Any]) -> None:
         """Add ``name``'s entry (under the ledger lock, so that concurrent watchers lose no entry)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".ledger.lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        with file_lock(self.root / ".ledger.lock", wait=True):
             write_json_atomic({"releases": {**self.entries(), name: entry}}, self.path)
 
-    @contextmanager
-    def claim(self, name: str) -> Iterator[bool]:
+    def claim(self, name: str) -> AbstractContextManager[bool]:
         """Hold ``name``'s lock for the block if no other process or thread holds it; yields whether it does."""
-        claims = self.root / CLAIMS_DIR
-        claims.mkdir(parents=True, exist_ok=True)
-        with open(claims / f"{name}.lock", "w") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            yield True
+        return file_lock(self.root / CLAIMS_DIR / f"{name}.lock")
 
 
 @flow(name="watch-releases")

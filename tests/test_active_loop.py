@@ -22,12 +22,12 @@ from zoobot_pipeline.active.loop import (
     reveal_votes,
     run_experiment,
 )
+from zoobot_pipeline.catalogue import read_catalogue
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
-from zoobot_pipeline.data.simulate import simulate_release
+from zoobot_pipeline.data.synthetic.simulate import simulate_release
 from zoobot_pipeline.data.votes import read_votes, vote_matrix
 from zoobot_pipeline.models import ModelConfig, TrainingConfig
 from zoobot_pipeline.schemas import get_schema
-from zoobot_pipeline.scoring.catalogue import read_catalogue
 from zoobot_pipeline.stats import dirichlet_multinomial_nll
 
 torch.set_num_threads(2)

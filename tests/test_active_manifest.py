@@ -20,7 +20,7 @@ from zoobot_pipeline.cli import app
 from zoobot_pipeline.data.cutouts import release_cutouts
 from zoobot_pipeline.data.release import Release
 from zoobot_pipeline.data.render import MAX_IMAGE_BYTES, render_rgb
-from zoobot_pipeline.data.simulate import simulate_release
+from zoobot_pipeline.data.synthetic.simulate import simulate_release
 
 runner = CliRunner()
 

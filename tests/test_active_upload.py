@@ -20,7 +20,7 @@ from zoobot_pipeline.active.manifest import read_manifest, write_manifest
 from zoobot_pipeline.active.ranking import rank_catalogue
 from zoobot_pipeline.active.zooniverse import Credentials, UploadError, state_path, upload_manifest
 from zoobot_pipeline.cli import app
-from zoobot_pipeline.data.simulate import simulate_release
+from zoobot_pipeline.data.synthetic.simulate import simulate_release
 
 PROJECT, SUBJECT_SET = "1234", "5678"
 USERNAME, PASSWORD = "gz-team", "pw-Zq8#never-print-me"

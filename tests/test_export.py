@@ -13,14 +13,14 @@ from typer.testing import CliRunner
 
 from zoobot_pipeline.cli import app
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
-from zoobot_pipeline.data.simulate import simulate_release
+from zoobot_pipeline.data.synthetic.simulate import simulate_release
 from zoobot_pipeline.export import ExportError, ModelPackage, PackageError, export_package
 from zoobot_pipeline.io import file_sha256
 from zoobot_pipeline.models import FinetuneConfig, ModelConfig
 from zoobot_pipeline.models.torch.checkpoint import load_checkpoint, save_checkpoint
-from zoobot_pipeline.models.torch.finetune import build_finetune_model
+from zoobot_pipeline.models.torch.job import build_finetune_model
 from zoobot_pipeline.models.torch.model import build_model
-from zoobot_pipeline.scoring.session import PackageSession, check_device, dropout_masks
+from zoobot_pipeline.runtime.session import PackageSession, check_device, dropout_masks
 from zoobot_pipeline.stats import expected_fractions
 
 PREPROCESSING = PreprocessingConfig.gz_decals(input_size=32)

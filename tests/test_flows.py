@@ -41,7 +41,7 @@ from flows import (
     score_release,
     watch_releases,
 )
-from flows.reports import artifact_key
+from flows.artifacts import artifact_key
 from flows.scoring import (
     KEYS_DIR,
     make_manifest,
@@ -56,12 +56,12 @@ from zoobot_pipeline.active.manifest import read_manifest
 from zoobot_pipeline.active.ranking import QUEUE_FILE, RUNS_DIR
 from zoobot_pipeline.active.votes_merge import MERGED_KEY
 from zoobot_pipeline.active.zooniverse import UploadError
+from zoobot_pipeline.catalogue import read_catalogue
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
-from zoobot_pipeline.data.simulate import simulate_release
+from zoobot_pipeline.data.synthetic.simulate import simulate_release
 from zoobot_pipeline.export import ModelPackage
 from zoobot_pipeline.io import write_parquet_atomic
 from zoobot_pipeline.models import ModelConfig, TrainingConfig, read_checkpoint_json
-from zoobot_pipeline.scoring.catalogue import read_catalogue
 from zoobot_pipeline.scoring.pipeline import ScoringError
 
 REPO = Path(__file__).resolve().parents[1]

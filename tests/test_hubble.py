@@ -7,9 +7,9 @@ import pytest
 from skimage.data import hubble_deep_field
 
 from zoobot_pipeline.data.cutouts import cutout
-from zoobot_pipeline.data.hubble import detect_sources, hubble_deep_field_release
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig, preprocess
 from zoobot_pipeline.data.release import Release
+from zoobot_pipeline.data.synthetic.hubble import detect_sources, hubble_deep_field_release
 
 
 @pytest.fixture(scope="module")

@@ -31,14 +31,14 @@ from test_scoring_support import (
 )
 from typer.testing import CliRunner
 
+from zoobot_pipeline.catalogue import FAILURES_FILE, part_files, part_metadata, part_path, read_catalogue
 from zoobot_pipeline.cli import TILES_FAILED_EXIT, app
 from zoobot_pipeline.data.preprocessing import CutoutSizing, PreprocessingConfig
 from zoobot_pipeline.data.release import Release
 from zoobot_pipeline.export import ModelPackage, PackageError
-from zoobot_pipeline.scoring.catalogue import FAILURES_FILE, part_files, part_metadata, part_path, read_catalogue
+from zoobot_pipeline.runtime.session import galaxy_seeds
 from zoobot_pipeline.scoring.columns import OutputColumns
 from zoobot_pipeline.scoring.pipeline import ScoringError, score_release
-from zoobot_pipeline.scoring.session import galaxy_seeds
 from zoobot_pipeline.scoring.summary import summarize_catalogue
 from zoobot_pipeline.stats import schema_vote_information
 

@@ -11,7 +11,7 @@ import ray
 from ray.cluster_utils import Cluster
 from test_scoring_support import assert_same_catalogue, make_package, make_release, truncate_tile
 
-from zoobot_pipeline.scoring.catalogue import FAILURES_FILE, read_catalogue
+from zoobot_pipeline.catalogue import FAILURES_FILE, read_catalogue
 from zoobot_pipeline.scoring.pipeline import ScoringError, score_release
 from zoobot_pipeline.scoring.ray_data import pool_size
 

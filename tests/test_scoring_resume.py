@@ -13,8 +13,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 from test_scoring_support import assert_same_catalogue, make_package, make_release
 
+from zoobot_pipeline.catalogue import CATALOGUE_JSON, part_files, part_metadata, read_catalogue
 from zoobot_pipeline.data.release import Release
-from zoobot_pipeline.scoring.catalogue import CATALOGUE_JSON, part_files, part_metadata, read_catalogue
 from zoobot_pipeline.scoring.pipeline import score_release
 
 N_TILES = 12

@@ -15,13 +15,13 @@ from astropy.io import fits
 from zoobot_pipeline.data.cutouts import tile_cutouts
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig, preprocess
 from zoobot_pipeline.data.release import Release
-from zoobot_pipeline.data.simulate import simulate_release
+from zoobot_pipeline.data.synthetic.simulate import simulate_release
 from zoobot_pipeline.export import ModelPackage, export_package
 from zoobot_pipeline.models import FinetuneConfig, ModelConfig
 from zoobot_pipeline.models.torch.checkpoint import save_checkpoint
-from zoobot_pipeline.models.torch.finetune import build_finetune_model
+from zoobot_pipeline.models.torch.job import build_finetune_model
 from zoobot_pipeline.models.torch.model import build_model
-from zoobot_pipeline.scoring.session import PackageSession
+from zoobot_pipeline.runtime.session import PackageSession
 
 PREPROCESSING = PreprocessingConfig.gz_decals(input_size=32)
 MODEL = ModelConfig.from_preprocessing(PREPROCESSING, architecture="test_resnet")

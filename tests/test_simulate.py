@@ -12,9 +12,15 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from zoobot_pipeline.data.morphology import SurveyConditions, psf_kernels, render_source, sample_truth, visibility
-from zoobot_pipeline.data.simulate import default_tile_size, simulate_release
-from zoobot_pipeline.data.volunteers import answer_probabilities, simulate_votes
+from zoobot_pipeline.data.synthetic.morphology import (
+    SurveyConditions,
+    psf_kernels,
+    render_source,
+    sample_truth,
+    visibility,
+)
+from zoobot_pipeline.data.synthetic.simulate import default_tile_size, simulate_release
+from zoobot_pipeline.data.synthetic.volunteers import answer_probabilities, simulate_votes
 from zoobot_pipeline.schemas import available_schemas, get_schema
 
 N_GALAXIES, N_TILES, N_VOLUNTEERS = 60, 2, 40

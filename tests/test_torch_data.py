@@ -4,8 +4,9 @@ import numpy as np
 import torch
 
 from zoobot_pipeline.models import AugmentationConfig
+from zoobot_pipeline.models.images import LabelledImages, validation_mask
 from zoobot_pipeline.models.torch.augment import augment
-from zoobot_pipeline.models.torch.data import GalaxyDataset, LabelledImages, validation_mask
+from zoobot_pipeline.models.torch.data import GalaxyDataset
 
 torch.set_num_threads(2)
 

@@ -8,12 +8,8 @@ import torch
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
 from zoobot_pipeline.models import FinetuneConfig, ModelConfig
 from zoobot_pipeline.models.torch.checkpoint import save_checkpoint
-from zoobot_pipeline.models.torch.finetune import (
-    build_finetune_model,
-    encoder_blocks,
-    finetune_loss,
-    finetune_param_groups,
-)
+from zoobot_pipeline.models.torch.finetune import encoder_blocks, finetune_loss, finetune_param_groups
+from zoobot_pipeline.models.torch.job import build_finetune_model
 from zoobot_pipeline.models.torch.model import build_model
 from zoobot_pipeline.schemas import get_schema
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
-from zoobot_pipeline.data.simulate import simulate_release
+from zoobot_pipeline.data.synthetic.simulate import simulate_release
 from zoobot_pipeline.models import (
     FinetuneConfig,
     ModelConfig,
@@ -20,9 +20,9 @@ from zoobot_pipeline.models import (
     predict,
     read_checkpoint_json,
 )
+from zoobot_pipeline.models.images import load_images
 from zoobot_pipeline.models.labels import LabelsError
 from zoobot_pipeline.models.torch.checkpoint import save_checkpoint
-from zoobot_pipeline.models.torch.data import load_images
 from zoobot_pipeline.models.torch.finetune import FinetuneModel
 from zoobot_pipeline.models.torch.model import build_model
 

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import torch
 
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
-from zoobot_pipeline.data.simulate import simulate_release
+from zoobot_pipeline.data.synthetic.simulate import simulate_release
 from zoobot_pipeline.data.votes import read_votes, vote_matrix
 from zoobot_pipeline.models import ModelConfig, TrainingConfig, predict, pretrain
 from zoobot_pipeline.schemas import get_schema

@@ -11,7 +11,7 @@ import pytest
 import ray
 
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
-from zoobot_pipeline.data.simulate import simulate_release
+from zoobot_pipeline.data.synthetic.simulate import simulate_release
 from zoobot_pipeline.models import ModelConfig, TrainingConfig, load_checkpoint, pretrain, read_checkpoint_json
 from zoobot_pipeline.models.torch.model import ZoobotModel
 

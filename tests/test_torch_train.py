@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from zoobot_pipeline.data.cutouts import release_cutouts
 from zoobot_pipeline.data.preprocessing import CutoutSizing, PreprocessingConfig, preprocess
 from zoobot_pipeline.data.release import Release
-from zoobot_pipeline.data.simulate import simulate_release
+from zoobot_pipeline.data.synthetic.simulate import simulate_release
 from zoobot_pipeline.models import (
     AugmentationConfig,
     ModelConfig,
@@ -19,14 +19,10 @@ from zoobot_pipeline.models import (
     pretrain,
     read_checkpoint_json,
 )
+from zoobot_pipeline.models.images import LabelledImages, load_labelled_images, validation_mask
 from zoobot_pipeline.models.torch import loop
 from zoobot_pipeline.models.torch.checkpoint import load_checkpoint
-from zoobot_pipeline.models.torch.data import (
-    GalaxyDataset,
-    LabelledImages,
-    load_labelled_images,
-    validation_mask,
-)
+from zoobot_pipeline.models.torch.data import GalaxyDataset
 from zoobot_pipeline.models.torch.job import TrainingTask
 from zoobot_pipeline.models.torch.model import build_model
 from zoobot_pipeline.models.torch.train import evaluate, schema_loss

@@ -77,7 +77,7 @@ def simulate(
     = None,
 ) -> None:
     """Write a synthetic survey release with known morphology and simulated volunteer votes."""
-    from zoobot_pipeline.data.simulate import simulate_release
+    from zoobot_pipeline.data.synthetic.simulate import simulate_release
 
     path = simulate_release(out, galaxies, tiles, schema=schema, seed=seed, labelled_fraction=labelled_fraction,
                             n_volunteers=volunteers, progress=True, tile_size=tile_size,

@@ -1,7 +1,10 @@
-"""Atomic file output: write to a temporary file in the destination folder, then rename into place.
+"""Files done once and right: atomic output, exclusive locks, and the project's hashes.
 
-A killed process leaves either the old file or the new one, never half a file; a leftover ``.tmp-*`` file is ignored by
-readers and overwritten by the next run.
+Atomic output writes to a temporary file in the destination folder, then renames it into place: a killed process
+leaves either the old file or the new one, never half a file; a leftover ``.tmp-*`` file is ignored by readers.
+Locks are ``flock`` locks, released by the OS when the process ends, however it ends. :func:`blake2b64` is the one
+hash that turns an id into a stable number (random streams, splits, seeded scores); :func:`file_sha256` identifies
+files.
 """
 
 from __future__ import annotations
@@ -22,12 +25,22 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 __all__ = [
-    "atomic_directory", "atomic_path", "exclusive_lock", "file_sha256", "read_table", "write_json_atomic",
-    "write_parquet_atomic",
+    "atomic_directory", "atomic_path", "blake2b64", "exclusive_lock", "file_lock", "file_sha256", "read_table",
+    "write_json_atomic", "write_parquet_atomic",
 ]
 
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
+
+def _umask() -> int:
+    """The process umask, read without changing it (Linux), else read by setting and restoring it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
@@ -38,7 +51,7 @@ def atomic_path(destination: str | Path) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".tmp-{destination.name}.", dir=destination.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_UMASK)
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
@@ -61,7 +74,7 @@ def atomic_directory(destination: str | Path) -> Iterator[Path]:
             if path.is_file():
                 with open(path, "rb") as handle:
                     os.fsync(handle.fileno())
-        os.chmod(tmp, 0o777 & ~_UMASK)
+        os.chmod(tmp, 0o777 & ~_umask())
         if destination.exists():
             old = Path(tempfile.mkdtemp(prefix=f".old-{destination.name}.", dir=destination.parent))
             os.replace(destination, old / destination.name)
@@ -75,16 +88,27 @@ def atomic_directory(destination: str | Path) -> Iterator[Path]:
 
 
 @contextmanager
-def exclusive_lock(lock_file: str | Path, busy: Exception) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``lock_file`` (created, with its folder) for the block, or raise ``busy`` at
-    once if another process holds it. The OS releases the lock when the process ends, however it ends."""
+def file_lock(lock_file: str | Path, wait: bool = False) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on ``lock_file`` (created, with its folder) for the block; yields whether it is
+    held. ``wait``: block until it is free (always yields True); otherwise yield False at once if another process
+    (or another open of the file) holds it."""
     lock_file = Path(lock_file)
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_file, "w") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise busy from None
+            yield False
+            return
+        yield True
+
+
+@contextmanager
+def exclusive_lock(lock_file: str | Path, busy: Exception) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_file`` for the block, or raise ``busy`` at once if it is held."""
+    with file_lock(lock_file) as held:
+        if not held:
+            raise busy
         yield
 
 
@@ -100,6 +124,11 @@ def write_json_atomic(data: Any, destination: str | Path) -> Path:
     with atomic_path(destination) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
     return Path(destination)
+
+
+def blake2b64(text: str, *, key: bytes = b"", salt: bytes = b"") -> int:
+    """An unsigned 64-bit BLAKE2b hash of ``text`` (little-endian), optionally keyed or salted (salt: 16 bytes)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8, key=key, salt=salt).digest(), "little")
 
 
 def file_sha256(path: str | Path) -> str:

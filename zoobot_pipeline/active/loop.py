@@ -65,13 +65,13 @@ from zoobot_pipeline import __version__
 from zoobot_pipeline.active.acquisition import ACQUISITION_FUNCTIONS
 from zoobot_pipeline.active.ranking import rank_catalogue
 from zoobot_pipeline.active.votes_merge import merge_votes
+from zoobot_pipeline.catalogue import read_catalogue
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
 from zoobot_pipeline.data.votes import read_votes, vote_matrix
 from zoobot_pipeline.export import export_package
 from zoobot_pipeline.io import write_json_atomic, write_parquet_atomic
 from zoobot_pipeline.models import FinetuneConfig, ModelConfig, TrainingConfig, finetune, read_checkpoint_json
 from zoobot_pipeline.schemas import Schema, get_schema
-from zoobot_pipeline.scoring.catalogue import read_catalogue
 from zoobot_pipeline.scoring.pipeline import score_release
 from zoobot_pipeline.stats import dirichlet_multinomial_nll
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from zoobot_pipeline.active.manifest import MANIFEST_FILE, ManifestRow, read_manifest
+from zoobot_pipeline.errors import UploadError
 from zoobot_pipeline.io import write_json_atomic
 
 __all__ = [
@@ -38,10 +39,6 @@ __all__ = [
 
 DEFAULT_ENDPOINT = "https://www.zooniverse.org"
 LINK_BATCH_SIZE = 100
-
-
-class UploadError(RuntimeError):
-    """Panoptes refused or failed part way; the state file records what was done, so a rerun resumes."""
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from astropy.wcs import WCS
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from zoobot_pipeline.errors import ReleaseError
 from zoobot_pipeline.io import read_table
 
 __all__ = [
@@ -51,10 +52,6 @@ SOURCE_COLUMNS: tuple[str, ...] = ("id_str", "ra", "dec", "tile_id")
 CATALOGUE_COLUMNS: tuple[str, ...] = ("id_str", "file_loc")
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
-class ReleaseError(ValueError):
-    """A data release or image catalogue is malformed; the message names the file and what is wrong."""
 
 
 class ReleaseInfo(BaseModel):

@@ -11,14 +11,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from zoobot_pipeline.errors import VotesError
 from zoobot_pipeline.io import read_table
 from zoobot_pipeline.schemas import Schema
 
 __all__ = ["TreeViolation", "VotesError", "read_votes", "tree_violations", "vote_matrix"]
-
-
-class VotesError(ValueError):
-    """A votes catalogue is unreadable or inconsistent with its schema."""
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """ONNX model packages: export a trained checkpoint, check it against its framework, add reduced precisions.
 
-``export_package`` asks the checkpoint's backend for an ONNX graph (see :mod:`zoobot_pipeline.export.graph`), runs
+``export_package`` asks the checkpoint's backend for an ONNX graph (see :mod:`zoobot_pipeline.models.backend`), runs
 it with onnxruntime next to the framework on random inputs and the same dropout masks, and refuses to write a
 package whose outputs differ by more than ``rtol``. Optional ``int8`` and ``fp16`` variants carry their measured
 accuracy against fp32. The package directory appears all at once (written beside it, then renamed).
@@ -17,27 +17,31 @@ from typing import Any
 import numpy as np
 
 from zoobot_pipeline import __version__
-from zoobot_pipeline.export.graph import INPUT_NAMES, OUTPUT_NAMES, ExportedGraph
-from zoobot_pipeline.export.package import MODEL_JSON, PACKAGE_FORMAT, ModelPackage, PackageError
+from zoobot_pipeline.errors import ExportError, PackageError, ZoobotPipelineError, check_name
 from zoobot_pipeline.io import atomic_directory, file_sha256
-from zoobot_pipeline.models import get_backend, read_checkpoint_json
+from zoobot_pipeline.models.backend import ExportedGraph, checkpoint_backend
+from zoobot_pipeline.models.checkpoint import read_checkpoint_json
+from zoobot_pipeline.runtime.package import (
+    INPUT_NAMES,
+    MODEL_JSON,
+    OUTPUT_NAMES,
+    PACKAGE_FORMAT,
+    PRECISION_VARIANTS,
+    VARIANT_FILES,
+    ModelPackage,
+)
+from zoobot_pipeline.runtime.session import dropout_masks, make_session
 from zoobot_pipeline.schemas import schema_from_dict
 
 __all__ = ["ExportError", "ModelPackage", "PackageError", "export_package"]
 
-FP32_FILE = "model.onnx"
-VARIANT_FILES = {"int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
-
-
-class ExportError(ValueError):
-    """The exported graph does not reproduce the framework's outputs, or a variant cannot be made."""
+FP32_FILE = VARIANT_FILES["fp32"]
+REDUCED_PRECISIONS = tuple(variant for variant in PRECISION_VARIANTS if variant != "fp32")
 
 
 def _parity(graph: ExportedGraph, onnx_path: Path, mc_samples: int, rtol: float, seed: int) -> dict[str, Any]:
     """Compare onnxruntime with the framework on random images and MC masks; raise :class:`ExportError` if they
     differ by more than ``rtol`` (relative, with an absolute floor of ``1e-6`` of the largest output)."""
-    from zoobot_pipeline.scoring.session import dropout_masks, make_session
-
     channels, size = graph.preprocessing.n_channels, graph.preprocessing.input_size
     rng = np.random.default_rng(seed)
     images = rng.random((4, channels, size, size), dtype=np.float32)
@@ -60,7 +64,6 @@ def _parity(graph: ExportedGraph, onnx_path: Path, mc_samples: int, rtol: float,
 def _variant(name: str, fp32_path: Path, out_path: Path, graph: ExportedGraph, check_images: np.ndarray,
              inputs: str, calibration_images: np.ndarray | None) -> dict[str, Any]:
     from zoobot_pipeline.export.quantize import compare_outputs, quantize_int8, to_fp16
-    from zoobot_pipeline.scoring.session import make_session
 
     if name == "int8":
         quantize_int8(fp32_path, out_path, calibration_images, graph.n_features)
@@ -95,14 +98,13 @@ def export_package(checkpoint_dir: str | Path, out_dir: str | Path, *, mc_sample
     """
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
     meta = read_checkpoint_json(checkpoint_dir)
-    unknown = sorted(set(variants) - set(VARIANT_FILES))
-    if unknown:
-        raise ValueError(f"unknown precision variant(s) {unknown}; choose from {sorted(VARIANT_FILES)}")
+    for variant in variants:
+        check_name(variant, REDUCED_PRECISIONS, "precision variant")
     if "int8" in variants and calibration_release is None:
-        raise ValueError("int8 quantization needs a calibration release (galaxy images to calibrate on)")
+        raise ZoobotPipelineError("int8 quantization needs a calibration release (galaxy images to calibrate on)")
     if mc_samples < 1:
-        raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
-    backend = get_backend(meta["framework"]["name"])
+        raise ZoobotPipelineError(f"mc_samples must be >= 1, got {mc_samples}")
+    backend = checkpoint_backend(checkpoint_dir)
     with atomic_directory(out_dir) as tmp:
         graph: ExportedGraph = backend.export_onnx(checkpoint_dir, tmp / FP32_FILE)
         parity = _parity(graph, tmp / FP32_FILE, mc_samples, rtol, seed)

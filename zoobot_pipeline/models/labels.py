@@ -17,15 +17,12 @@ import pyarrow.compute as pc
 
 from zoobot_pipeline.data.release import Release
 from zoobot_pipeline.data.votes import read_votes, vote_matrix
+from zoobot_pipeline.errors import LabelsError
 from zoobot_pipeline.io import read_table
-from zoobot_pipeline.models import FinetuneConfig
+from zoobot_pipeline.models.config import FinetuneConfig
 from zoobot_pipeline.schemas import Schema, get_schema
 
 __all__ = ["FinetuneLabels", "LabelsError", "check_overlap", "finetune_schema", "read_finetune_labels"]
-
-
-class LabelsError(ValueError):
-    """A labels file cannot be used for the requested finetuning."""
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,9 @@ from typing import Any
 import numpy as np
 import yaml
 
+from zoobot_pipeline.errors import SchemaError, UnknownNameError
+
 __all__ = ["Answer", "Question", "Schema", "SchemaError", "available_schemas", "get_schema", "load_schema"]
-
-
-class SchemaError(ValueError):
-    """A decision tree definition is invalid."""
 
 
 @dataclass(frozen=True)
@@ -94,13 +92,13 @@ class Schema:
         try:
             return self._by_question[name]
         except KeyError:
-            raise KeyError(f"schema {self.name!r} has no question {name!r}") from None
+            raise UnknownNameError(f"schema {self.name!r} has no question {name!r}") from None
 
     def answer(self, label_col: str) -> Answer:
         try:
             return self._by_label[label_col]
         except KeyError:
-            raise KeyError(f"schema {self.name!r} has no answer column {label_col!r}") from None
+            raise UnknownNameError(f"schema {self.name!r} has no answer column {label_col!r}") from None
 
     def path(self, question: str | Question) -> list[Answer]:
         """The answers leading from the root to ``question``, root first."""
@@ -233,6 +231,6 @@ def get_schema(name: str) -> Schema:
     if name.endswith((".yaml", ".yml")):
         return load_schema(name)
     if name not in available_schemas():
-        raise KeyError(f"unknown schema {name!r}; built-in schemas: {', '.join(available_schemas())}")
+        raise UnknownNameError(f"unknown schema {name!r}; built-in schemas: {', '.join(available_schemas())}")
     with resources.as_file(resources.files(__package__).joinpath("builtin", f"{name}.yaml")) as path:
         return load_schema(path)

@@ -17,13 +17,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from zoobot_pipeline.catalogue import BASE_FIELDS, FLAG_FIELDS, catalogue_schema
 from zoobot_pipeline.data.cutouts import MAX_NAN_FRACTION, tile_cutouts
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig, preprocess
 from zoobot_pipeline.data.release import ReleaseError, Tile
-from zoobot_pipeline.export.package import ModelPackage
-from zoobot_pipeline.scoring.catalogue import BASE_FIELDS, FLAG_FIELDS, catalogue_schema
+from zoobot_pipeline.runtime.package import ModelPackage
+from zoobot_pipeline.runtime.session import PackageSession, galaxy_seeds
 from zoobot_pipeline.scoring.columns import OutputColumns
-from zoobot_pipeline.scoring.session import PackageSession, galaxy_seeds
 
 __all__ = ["ChunkConfig", "ChunkScorer", "PreparedChunk", "ScoredChunk", "TileJob", "failure_reason", "open_tile",
            "prepare_chunk"]
@@ -161,7 +161,7 @@ class ChunkScorer:
                  seed: int = 0) -> None:
         self.session = PackageSession(package, variant=variant, device=device, threads=threads)
         self.columns = OutputColumns.for_package(package)
-        self.schema = catalogue_schema(self.columns)
+        self.schema = catalogue_schema(self.columns.fields())
         self.batch_size = batch_size
         self.mc_samples = package.mc_samples if mc_samples is None else mc_samples
         self.seed = seed

@@ -27,7 +27,7 @@ from zoobot_pipeline.schemas import Schema
 from zoobot_pipeline.stats import Seed, expected_fractions, schema_vote_information
 
 if TYPE_CHECKING:
-    from zoobot_pipeline.export.package import ModelPackage
+    from zoobot_pipeline.runtime.package import ModelPackage
 
 __all__ = ["OutputColumns"]
 

@@ -30,10 +30,7 @@ import pyarrow as pa
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from zoobot_pipeline import __version__
-from zoobot_pipeline.data.release import Release
-from zoobot_pipeline.export.package import ModelPackage
-from zoobot_pipeline.io import exclusive_lock
-from zoobot_pipeline.scoring.catalogue import (
+from zoobot_pipeline.catalogue import (
     CATALOGUE_JSON,
     FAILURES_FILE,
     TILES_DIR,
@@ -46,6 +43,11 @@ from zoobot_pipeline.scoring.catalogue import (
     write_part,
     write_summary_json,
 )
+from zoobot_pipeline.data.release import Release
+from zoobot_pipeline.errors import ScoringError
+from zoobot_pipeline.io import exclusive_lock
+from zoobot_pipeline.runtime.package import ModelPackage
+from zoobot_pipeline.runtime.session import check_device
 from zoobot_pipeline.scoring.chunks import (
     ChunkConfig,
     ChunkScorer,
@@ -54,13 +56,8 @@ from zoobot_pipeline.scoring.chunks import (
     open_tile,
     prepare_chunk,
 )
-from zoobot_pipeline.scoring.session import check_device
 
 __all__ = ["ScoringError", "ScoringResult", "score_release"]
-
-
-class ScoringError(ValueError):
-    """A scoring run cannot start: options, device or output directory; the message says why."""
 
 
 @dataclass

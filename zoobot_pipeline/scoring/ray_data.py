@@ -22,7 +22,9 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from zoobot_pipeline.export.package import ModelPackage, PackageError
+from zoobot_pipeline.errors import PackageError, ScoringError
+from zoobot_pipeline.runtime.package import ModelPackage
+from zoobot_pipeline.runtime.session import check_device
 from zoobot_pipeline.scoring.chunks import (
     ChunkConfig,
     ChunkScorer,
@@ -98,8 +100,6 @@ class _Scorer:
 
 def _device_problem(device: str) -> str | None:
     """Ray task: why ``device`` cannot be used on the node running it, or None."""
-    from zoobot_pipeline.scoring.session import check_device
-
     try:
         check_device(device)
     except RuntimeError as err:
@@ -138,8 +138,6 @@ def ray_chunks(jobs: list[TileJob], package: ModelPackage, config: ChunkConfig, 
             probe = ray.remote(num_cpus=0, num_gpus=gpus_per_worker)(_device_problem)
             problem = ray.get(probe.remote(device))
             if problem is not None:
-                from zoobot_pipeline.scoring.pipeline import ScoringError
-
                 raise ScoringError(problem)
         items = [{"tile_id": job.tile_id, "path": str(job.path), "chunk": index, "n_chunks": job.n_chunks(chunk_size),
                   "sources": _to_ipc(job.chunk(index, chunk_size))}

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from zoobot_pipeline.scoring.catalogue import FAILURES_FILE, part_files, part_metadata, read_summary_json
+from zoobot_pipeline.catalogue import FAILURES_FILE, part_files, part_metadata, read_summary_json
 
 __all__ = ["QUANTILES", "CatalogueSummary", "Distribution", "key_columns", "summarize_catalogue"]
 

@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from zoobot_pipeline.models import AugmentationConfig
+from zoobot_pipeline.models.config import AugmentationConfig
 
 __all__ = ["augment"]
 

@@ -22,7 +22,8 @@ from safetensors.torch import load_file, save_file
 from zoobot_pipeline import __version__
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
 from zoobot_pipeline.io import atomic_directory, file_sha256
-from zoobot_pipeline.models import CHECKPOINT_JSON, FinetuneConfig, ModelConfig, TrainingConfig, read_checkpoint_json
+from zoobot_pipeline.models.checkpoint import CHECKPOINT_JSON, read_checkpoint_json
+from zoobot_pipeline.models.config import FinetuneConfig, ModelConfig, TrainingConfig
 from zoobot_pipeline.models.torch.finetune import FinetuneModel, finetune_head
 from zoobot_pipeline.models.torch.model import ZoobotModel, create_backbone
 from zoobot_pipeline.schemas import schema_from_dict

@@ -24,8 +24,9 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchConfig, TorchTrainer, get_device, prepare_model
 from torch import nn
 
-from zoobot_pipeline.models import DistributedConfig
-from zoobot_pipeline.models.torch.job import TrainingJob
+from zoobot_pipeline.errors import UnavailableError
+from zoobot_pipeline.models.config import DistributedConfig
+from zoobot_pipeline.models.job import TrainingJob
 from zoobot_pipeline.models.torch.loop import run_training
 from zoobot_pipeline.models.torch.state import MODEL_DIR, export_model
 
@@ -84,10 +85,10 @@ def check_cluster(distributed: DistributedConfig) -> None:
     need_cpu = distributed.workers * distributed.cpus_per_worker
     need_gpu = distributed.workers * distributed.gpus_per_worker
     if need_gpu > 0 and resources.get("GPU", 0) < need_gpu:
-        raise RuntimeError(f"{distributed.workers} workers x {distributed.gpus_per_worker} GPU need {need_gpu:g} "
+        raise UnavailableError(f"{distributed.workers} workers x {distributed.gpus_per_worker} GPU need {need_gpu:g} "
                            f"GPUs, the Ray cluster has {resources.get('GPU', 0):g} (no CUDA device found)")
     if resources.get("CPU", 0) < need_cpu:
-        raise RuntimeError(f"{distributed.workers} workers x {distributed.cpus_per_worker} CPU need {need_cpu:g} "
+        raise UnavailableError(f"{distributed.workers} workers x {distributed.cpus_per_worker} CPU need {need_cpu:g} "
                            f"CPUs, the Ray cluster has {resources.get('CPU', 0):g}")
 
 

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
-from zoobot_pipeline.export.graph import ExportedGraph
-from zoobot_pipeline.models import read_checkpoint_json
+from zoobot_pipeline.models.backend import ExportedGraph
+from zoobot_pipeline.models.checkpoint import read_checkpoint_json
 from zoobot_pipeline.models.torch.checkpoint import load_checkpoint
 from zoobot_pipeline.models.torch.finetune import FinetuneModel
 from zoobot_pipeline.models.torch.model import CONCENTRATION_RANGE, DirichletHead

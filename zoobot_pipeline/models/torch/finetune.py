@@ -8,7 +8,6 @@ block ``i`` from the top (``i = 0, 1, ...``) at ``lr * lr_decay ** i``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -17,15 +16,13 @@ from timm.models.efficientnet import EfficientNet
 from timm.models.resnet import ResNet
 from torch import nn
 
-from zoobot_pipeline.models import FinetuneConfig, ModelConfig
-from zoobot_pipeline.models import FinetuneTask as Task
-from zoobot_pipeline.models.labels import finetune_schema
+from zoobot_pipeline.models.config import FinetuneConfig, ModelConfig
+from zoobot_pipeline.models.config import FinetuneTask as Task
 from zoobot_pipeline.models.torch.loss import dirichlet_multinomial_loss
-from zoobot_pipeline.models.torch.model import DirichletHead, ZoobotModel, create_backbone
+from zoobot_pipeline.models.torch.model import DirichletHead
 from zoobot_pipeline.schemas import Schema
 
-__all__ = ["FinetuneModel", "Task", "build_finetune_model", "encoder_blocks", "finetune_head", "finetune_loss",
-           "finetune_param_groups"]
+__all__ = ["FinetuneModel", "Task", "encoder_blocks", "finetune_head", "finetune_loss", "finetune_param_groups"]
 
 
 def encoder_blocks(backbone: nn.Module) -> list[nn.Module]:
@@ -112,28 +109,6 @@ def finetune_head(config: FinetuneConfig, n_features: int, schema: Schema | None
     else:
         n_outputs = len(config.label_columns)
     return nn.Sequential(nn.Dropout(config.dropout_rate), nn.Linear(n_features, n_outputs))
-
-
-def build_finetune_model(base: str | Path | ModelConfig, config: FinetuneConfig,
-                         class_names: Sequence[str] | None = None) -> FinetuneModel:
-    """A new head on a pretrained checkpoint's encoder (``base`` a checkpoint directory), or on a randomly
-    initialised encoder (``base`` a :class:`ModelConfig`, for from-scratch baselines).
-
-    ``classification`` needs ``class_names`` (2 or more; cross-entropy on logits); ``regression`` has one output per
-    label column (MSE); ``dirichlet`` a Dirichlet head over ``config.schema_name``'s answers.
-    """
-    if isinstance(base, ModelConfig):
-        encoder, base_config = create_backbone(base), base
-    else:
-        from zoobot_pipeline.models.torch.checkpoint import load_checkpoint  # checkpoint.py imports this module
-
-        pretrained = load_checkpoint(base)
-        if not isinstance(pretrained, ZoobotModel):
-            raise ValueError(f"{base}: finetuning starts from a pretrained checkpoint, not a finetuned one")
-        encoder, base_config = pretrained.backbone, pretrained.config
-    schema = finetune_schema(config)
-    head = finetune_head(config, encoder.num_features, schema, class_names)
-    return FinetuneModel(encoder, head, config, base_config, schema, class_names)
 
 
 def finetune_param_groups(model: FinetuneModel, lr: float, lr_decay: float = 0.75,

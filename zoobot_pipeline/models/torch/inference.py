@@ -16,10 +16,11 @@ from torch.utils.data import DataLoader
 
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
 from zoobot_pipeline.data.release import Release
-from zoobot_pipeline.models import read_checkpoint_json
+from zoobot_pipeline.models.checkpoint import read_checkpoint_json
+from zoobot_pipeline.models.images import LabelledImages, load_images
 from zoobot_pipeline.models.labels import read_finetune_labels
 from zoobot_pipeline.models.torch.checkpoint import load_checkpoint
-from zoobot_pipeline.models.torch.data import GalaxyDataset, LabelledImages, load_images
+from zoobot_pipeline.models.torch.data import GalaxyDataset
 from zoobot_pipeline.models.torch.finetune import FinetuneModel, finetune_loss
 from zoobot_pipeline.models.torch.model import ZoobotModel
 from zoobot_pipeline.schemas import Schema

@@ -1,47 +1,29 @@
-"""A training job (what to train, on what) and the task a worker builds from it: model, data, loss, parameters.
+"""What a worker builds from a :class:`~zoobot_pipeline.models.job.TrainingJob`: model, data, loss, parameters.
 
-A :class:`TrainingJob` is small and picklable: it is what the driver ships to every Ray Train worker, and each worker
-(or the local process) turns it into a :class:`TrainingTask` by reading the release and the labels itself. Paths must
-therefore be readable where the workers run (a shared filesystem on a multi-node cluster).
+Each Ray Train worker (or the local process) turns the job into a :class:`TrainingTask` by reading the release and the
+labels itself.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-from zoobot_pipeline.data.preprocessing import PreprocessingConfig
-from zoobot_pipeline.models import FinetuneConfig, ModelConfig, TrainingConfig
-from zoobot_pipeline.models.labels import read_finetune_labels
-from zoobot_pipeline.models.torch.data import LabelledImages, load_images, load_labelled_images
-from zoobot_pipeline.models.torch.finetune import (
-    FinetuneModel,
-    build_finetune_model,
-    finetune_loss,
-    finetune_param_groups,
-)
-from zoobot_pipeline.models.torch.model import ZoobotModel, build_model
+from zoobot_pipeline.errors import ZoobotPipelineError
+from zoobot_pipeline.models.config import FinetuneConfig, ModelConfig
+from zoobot_pipeline.models.images import LabelledImages, load_images, load_labelled_images
+from zoobot_pipeline.models.job import TrainingJob
+from zoobot_pipeline.models.labels import finetune_schema, read_finetune_labels
+from zoobot_pipeline.models.torch.checkpoint import load_checkpoint
+from zoobot_pipeline.models.torch.finetune import FinetuneModel, finetune_head, finetune_loss, finetune_param_groups
+from zoobot_pipeline.models.torch.model import ZoobotModel, build_model, create_backbone
 from zoobot_pipeline.models.torch.train import LossFn, schema_loss
 
-__all__ = ["TrainingJob", "TrainingTask", "build_task"]
-
-
-@dataclass(frozen=True)
-class TrainingJob:
-    """Pretraining (``model`` set) or finetuning (``finetune`` set, from ``base_checkpoint`` or, without one, from a
-    fresh ``model`` encoder); ``labels_path`` holds votes for pretraining, finetuning labels otherwise."""
-
-    kind: Literal["pretrain", "finetune"]
-    release_dir: str
-    labels_path: str
-    training: TrainingConfig
-    preprocessing: PreprocessingConfig
-    model: ModelConfig | None = None
-    finetune: FinetuneConfig | None = None
-    base_checkpoint: str | None = None
+__all__ = ["TrainingTask", "build_finetune_model", "build_task"]
 
 
 @dataclass
@@ -53,6 +35,26 @@ class TrainingTask:
     loss_fn: LossFn
     param_groups: list[dict] | None
     summary: dict[str, Any]
+
+
+def build_finetune_model(base: str | Path | ModelConfig, config: FinetuneConfig,
+                         class_names: Sequence[str] | None = None) -> FinetuneModel:
+    """A new head on a pretrained checkpoint's encoder (``base`` a checkpoint directory), or on a randomly
+    initialised encoder (``base`` a :class:`ModelConfig`, for from-scratch baselines).
+
+    ``classification`` needs ``class_names`` (2 or more; cross-entropy on logits); ``regression`` has one output per
+    label column (MSE); ``dirichlet`` a Dirichlet head over ``config.schema_name``'s answers.
+    """
+    if isinstance(base, ModelConfig):
+        encoder, base_config = create_backbone(base), base
+    else:
+        pretrained = load_checkpoint(base)
+        if not isinstance(pretrained, ZoobotModel):
+            raise ZoobotPipelineError(f"{base}: finetuning starts from a pretrained checkpoint, not a finetuned one")
+        encoder, base_config = pretrained.backbone, pretrained.config
+    schema = finetune_schema(config)
+    head = finetune_head(config, encoder.num_features, schema, class_names)
+    return FinetuneModel(encoder, head, config, base_config, schema, class_names)
 
 
 def build_task(job: TrainingJob) -> TrainingTask:

@@ -22,9 +22,11 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
-from zoobot_pipeline.models import TrainingConfig
-from zoobot_pipeline.models.torch.data import GalaxyDataset, validation_mask
-from zoobot_pipeline.models.torch.job import TrainingJob, TrainingTask, build_task
+from zoobot_pipeline.models.config import TrainingConfig
+from zoobot_pipeline.models.images import validation_mask
+from zoobot_pipeline.models.job import TrainingJob
+from zoobot_pipeline.models.torch.data import GalaxyDataset
+from zoobot_pipeline.models.torch.job import TrainingTask, build_task
 from zoobot_pipeline.models.torch.state import (
     MODEL_DIR,
     TrainingProgress,

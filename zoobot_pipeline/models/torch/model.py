@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoobot_pipeline.models import ModelConfig
+from zoobot_pipeline.models.config import ModelConfig
 from zoobot_pipeline.schemas import Schema, get_schema
 
 __all__ = ["CONCENTRATION_RANGE", "DirichletHead", "ZoobotModel", "build_model", "create_backbone"]

@@ -17,7 +17,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
-from zoobot_pipeline.models import TrainingConfig, read_checkpoint_json
+from zoobot_pipeline.models.checkpoint import read_checkpoint_json
+from zoobot_pipeline.models.config import TrainingConfig
 from zoobot_pipeline.models.torch.checkpoint import load_checkpoint, save_checkpoint
 from zoobot_pipeline.models.torch.finetune import FinetuneModel
 from zoobot_pipeline.models.torch.model import ZoobotModel

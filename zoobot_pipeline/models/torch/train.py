@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from zoobot_pipeline.models import TrainingConfig
+from zoobot_pipeline.models.config import TrainingConfig
 from zoobot_pipeline.models.torch.loss import dirichlet_multinomial_loss
 from zoobot_pipeline.schemas import Schema
 

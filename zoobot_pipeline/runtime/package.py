@@ -11,22 +11,33 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
 from zoobot_pipeline.data.release import Release
-from zoobot_pipeline.export.graph import Task
+from zoobot_pipeline.errors import PackageError, check_name
 from zoobot_pipeline.io import file_sha256
 from zoobot_pipeline.schemas import Schema, schema_from_dict
 
-__all__ = ["MODEL_JSON", "PACKAGE_FORMAT", "ModelPackage", "PackageError"]
+__all__ = [
+    "INPUT_NAMES", "MODEL_JSON", "OUTPUT_NAMES", "PACKAGE_FORMAT", "PRECISION_VARIANTS", "TASKS", "VARIANT_FILES",
+    "ModelPackage", "PackageError", "Task",
+]
 
 PACKAGE_FORMAT = "zoobot-pipeline-package/1"
 MODEL_JSON = "model.json"
 
+Task = Literal["dirichlet", "classification", "regression"]
+TASKS: tuple[str, ...] = get_args(Task)
+"""What a model predicts: a decision tree's Dirichlet concentrations, class probabilities or regression values."""
 
-class PackageError(ValueError):
-    """A model package is missing, corrupt or does not fit the data; the message names the file and the problem."""
+INPUT_NAMES = ("images", "dropout_mask")
+OUTPUT_NAMES = ("outputs", "features")
+# The graph: (images (B, C, H, W), dropout masks (B, S, F)) -> (outputs (B, S, n_outputs), features (B, F)), float32.
+
+VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
+PRECISION_VARIANTS: tuple[str, ...] = tuple(VARIANT_FILES)
+"""Precision variants a package may hold; ``fp32`` is always there, the others are optional."""
 
 
 class ModelPackage:
@@ -111,6 +122,7 @@ class ModelPackage:
 
     def onnx_path(self, variant: str = "fp32") -> Path:
         """Path of a variant's ONNX file."""
+        check_name(variant, PRECISION_VARIANTS, "precision variant")
         if variant not in self.meta["variants"]:
             raise PackageError(f"{self.path}: no {variant!r} variant (has: {', '.join(self.variants)})")
         return self.path / self.meta["variants"][variant]["file"]

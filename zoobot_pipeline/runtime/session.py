@@ -7,19 +7,23 @@ never depends on which other galaxies share its batch or chunk, on their sizes, 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import onnxruntime as ort
 
-from zoobot_pipeline.export.package import ModelPackage
+from zoobot_pipeline.errors import UnavailableError, check_name
+from zoobot_pipeline.io import blake2b64
+from zoobot_pipeline.runtime.package import ModelPackage
 
-__all__ = ["PROVIDERS", "Device", "PackageSession", "check_device", "dropout_masks", "galaxy_seeds", "make_session"]
+__all__ = [
+    "DEVICES", "PROVIDERS", "Device", "PackageSession", "check_device", "dropout_masks", "galaxy_seeds", "make_session",
+]
 
 Device = Literal["cpu", "cuda", "tensorrt"]
+DEVICES: tuple[str, ...] = get_args(Device)
 PROVIDERS: dict[str, list[str]] = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
@@ -29,12 +33,11 @@ PROVIDERS: dict[str, list[str]] = {
 
 def check_device(device: str) -> list[str]:
     """The providers to request for ``device``; a clear error when this onnxruntime build lacks the first one."""
-    if device not in PROVIDERS:
-        raise ValueError(f"unknown device {device!r}; use one of {', '.join(PROVIDERS)}")
+    check_name(device, DEVICES, "device")
     wanted = PROVIDERS[device][0]
     available = ort.get_available_providers()
     if wanted not in available:
-        raise RuntimeError(
+        raise UnavailableError(
             f"device {device!r} needs onnxruntime's {wanted}, but this onnxruntime {ort.__version__} only has "
             f"{', '.join(available)}; on a GPU host install onnxruntime-gpu (pip install 'zoobot-pipeline[gpu]') "
             f"instead of onnxruntime, never both"
@@ -58,17 +61,13 @@ def make_session(path: str | Path, device: str = "cpu", threads: int | None = No
     return session
 
 
-def _id_hash(id_str: str, salt: bytes = b"") -> int:
-    return int.from_bytes(hashlib.blake2b(id_str.encode(), digest_size=8, salt=salt).digest(), "little")
-
-
 def galaxy_seeds(ids: Sequence[str], seed: int = 0) -> np.ndarray:
     """One uint64 seed per galaxy from its ``id_str`` and the run's ``seed`` (for the per-galaxy streams of
     :mod:`zoobot_pipeline.stats`)."""
     if not 0 <= seed < 2**128:
         raise ValueError(f"seed must be in [0, 2**128), got {seed}")
     salt = seed.to_bytes(16, "little")
-    return np.fromiter((_id_hash(str(id_str), salt) for id_str in ids), dtype=np.uint64, count=len(ids))
+    return np.fromiter((blake2b64(str(id_str), salt=salt) for id_str in ids), dtype=np.uint64, count=len(ids))
 
 
 def dropout_masks(ids: Sequence[str], n_samples: int, n_features: int, rate: float, seed: int = 0) -> np.ndarray:
@@ -77,7 +76,7 @@ def dropout_masks(ids: Sequence[str], n_samples: int, n_features: int, rate: flo
     masks = np.empty((len(ids), n_samples, n_features), dtype=np.float32)
     keep = np.float32(1.0 / (1.0 - rate)) if rate < 1 else np.float32(0.0)
     for i, id_str in enumerate(ids):
-        draws = np.random.default_rng([seed, _id_hash(str(id_str))]).random((n_samples, n_features))
+        draws = np.random.default_rng([seed, blake2b64(str(id_str))]).random((n_samples, n_features))
         masks[i] = np.where(draws >= rate, keep, np.float32(0.0))
     return masks
 

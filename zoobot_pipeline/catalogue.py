@@ -25,6 +25,7 @@ import functools
 import json
 import urllib.parse
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,7 +39,6 @@ from astropy.table import Table
 from astropy.table import meta as astropy_meta
 
 from zoobot_pipeline.io import write_json_atomic, write_parquet_atomic
-from zoobot_pipeline.scoring.columns import OutputColumns
 
 __all__ = [
     "CATALOGUE_JSON", "FAILURES_FILE", "FAILURES_SCHEMA", "TILES_DIR", "RunSettings", "catalogue_schema",
@@ -97,9 +97,9 @@ class RunSettings:
                 if metadata.get(key) != value]
 
 
-def catalogue_schema(columns: OutputColumns) -> pa.Schema:
-    """Arrow schema of a part file (without file metadata)."""
-    return pa.schema([*BASE_FIELDS, *columns.fields(), *FLAG_FIELDS])
+def catalogue_schema(model_fields: Sequence[pa.Field]) -> pa.Schema:
+    """Arrow schema of a part file (without file metadata): base columns, the model's columns, then the flags."""
+    return pa.schema([*BASE_FIELDS, *model_fields, *FLAG_FIELDS])
 
 
 def part_path(out_dir: str | Path, tile_id: str) -> Path:

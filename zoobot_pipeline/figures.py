@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 
+from zoobot_pipeline.catalogue import part_files, part_metadata, read_catalogue
 from zoobot_pipeline.data.cutouts import release_cutouts
 from zoobot_pipeline.data.release import Release
 from zoobot_pipeline.data.render import contact_sheet, render_rgb, write_image
 from zoobot_pipeline.io import atomic_path
 from zoobot_pipeline.schemas import Schema, get_schema
-from zoobot_pipeline.scoring.catalogue import part_files, part_metadata, read_catalogue
 
 __all__ = ["acquisition_histogram", "certainty_grid"]
 

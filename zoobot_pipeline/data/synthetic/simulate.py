@@ -41,7 +41,7 @@ from astropy.wcs import WCS
 from scipy.signal import fftconvolve
 
 from zoobot_pipeline import __version__
-from zoobot_pipeline.data.morphology import (
+from zoobot_pipeline.data.synthetic.morphology import (
     KINDS,
     SurveyConditions,
     flux_to_mag,
@@ -51,7 +51,7 @@ from zoobot_pipeline.data.morphology import (
     sample_truth,
     visibility,
 )
-from zoobot_pipeline.data.volunteers import answer_probabilities, simulate_votes
+from zoobot_pipeline.data.synthetic.volunteers import answer_probabilities, simulate_votes
 from zoobot_pipeline.io import atomic_path, write_json_atomic, write_parquet_atomic
 from zoobot_pipeline.schemas import Schema, get_schema
 

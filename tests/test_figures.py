@@ -10,11 +10,11 @@ import pytest
 from PIL import Image
 from test_scoring_support import make_package, make_release
 
+from zoobot_pipeline.catalogue import read_catalogue
 from zoobot_pipeline.data.cutouts import release_cutouts
 from zoobot_pipeline.data.release import Release
 from zoobot_pipeline.data.render import contact_sheet, render_rgb
-from zoobot_pipeline.reports import acquisition_histogram, certainty_grid
-from zoobot_pipeline.scoring.catalogue import read_catalogue
+from zoobot_pipeline.figures import acquisition_histogram, certainty_grid
 from zoobot_pipeline.scoring.pipeline import score_release
 
 

@@ -1,0 +1,119 @@
+"""What a training framework provides to the rest of the pipeline (:class:`Backend`), what it hands the exporter
+(:class:`ExportedGraph`), and the registry that finds a backend by name.
+
+A backend is registered as an object or as a lazy ``"module:attribute"`` reference, so nothing here imports torch or
+tensorflow: a backend's module is imported only when it is first asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import pyarrow as pa
+
+from zoobot_pipeline.data.preprocessing import PreprocessingConfig
+from zoobot_pipeline.errors import ZoobotPipelineError, check_name
+from zoobot_pipeline.models.checkpoint import CHECKPOINT_JSON, read_checkpoint_json
+from zoobot_pipeline.models.config import DistributedConfig
+from zoobot_pipeline.models.job import TrainingJob
+from zoobot_pipeline.runtime.package import Task
+
+__all__ = [
+    "Backend", "ExportedGraph", "Reference", "available_backends", "checkpoint_backend", "get_backend",
+    "register_backend",
+]
+
+# (images (B, C, H, W), dropout masks (B, S, F)) -> (outputs (B, S, n_outputs), features (B, F)), all float32.
+Reference = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class ExportedGraph:
+    """An exported model: its task and outputs, input preprocessing, head dropout, and the framework's own forward.
+
+    ``reference`` runs the framework model on the same inputs as the ONNX graph (see :data:`Reference`), so the
+    exporter can check onnxruntime against it.
+    """
+
+    task: Task
+    output_names: tuple[str, ...]
+    schema: dict[str, Any] | None
+    preprocessing: PreprocessingConfig
+    n_features: int
+    dropout_rate: float
+    architecture: str
+    framework: dict[str, Any]
+    reference: Reference
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What a training framework provides to the rest of the pipeline. Everything framework-free (configs, checks,
+    labels, image loading, splits) is done before a backend is called: see :mod:`zoobot_pipeline.models.job`."""
+
+    name: str
+
+    def check_devices(self, distributed: DistributedConfig) -> None:
+        """Refuse, before any work starts, devices this framework cannot use here (e.g. GPU workers without CUDA)."""
+        ...
+
+    def train(self, job: TrainingJob, out_dir: str | Path, distributed: DistributedConfig,
+              quiet: bool = True) -> Path:
+        """Run a checked training job in this process or on Ray Train; return ``out_dir``, the best checkpoint."""
+        ...
+
+    def predict(self, checkpoint_dir: str | Path, release_dir: str | Path, ids: Sequence[str] | None = None,
+                batch_size: int = 64) -> pa.Table:
+        """Predictions of a checkpoint for a release's sources (or only ``ids``)."""
+        ...
+
+    def evaluate(self, checkpoint_dir: str | Path, release_dir: str | Path, labels_path: str | Path,
+                 ids: Sequence[str] | None = None, batch_size: int = 64) -> dict[str, float]:
+        """The checkpoint's loss (and accuracy or RMSE) on labelled galaxies of a release."""
+        ...
+
+    def load_checkpoint(self, path: str | Path) -> Any:
+        """Rebuild a trained model from a checkpoint directory."""
+        ...
+
+    def export_onnx(self, checkpoint_dir: str | Path, onnx_path: str | Path) -> ExportedGraph:
+        """Write the checkpoint as one ONNX graph with the inputs and outputs of
+        :mod:`zoobot_pipeline.runtime.package`; return its :class:`ExportedGraph`."""
+        ...
+
+
+_BACKENDS: dict[str, str | Backend] = {"torch": "zoobot_pipeline.models.torch.backend:BACKEND"}
+
+
+def register_backend(name: str, backend: str | Backend) -> None:
+    """Register a backend object, or a lazy ``"module:attribute"`` reference to one, under ``name``."""
+    _BACKENDS[name] = backend
+
+
+def available_backends() -> list[str]:
+    """Names accepted by :func:`get_backend` (a backend may still fail to import if its framework is missing)."""
+    return sorted(_BACKENDS)
+
+
+def get_backend(name: str) -> Backend:
+    """The backend called ``name``, importing its module on first use."""
+    entry = _BACKENDS[check_name(name, available_backends(), "backend")]
+    if isinstance(entry, str):
+        module, _, attribute = entry.partition(":")
+        entry = getattr(importlib.import_module(module), attribute)
+        _BACKENDS[name] = entry
+    return entry
+
+
+def checkpoint_backend(path: str | Path) -> Backend:
+    """The backend of the framework that wrote the checkpoint at ``path`` (its ``checkpoint.json`` says which)."""
+    try:
+        name = read_checkpoint_json(path)["framework"]["name"]
+    except (KeyError, TypeError):
+        raise ZoobotPipelineError(f"{Path(path) / CHECKPOINT_JSON}: no framework.name") from None
+    return get_backend(name)

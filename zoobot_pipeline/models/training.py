@@ -1,0 +1,111 @@
+"""The public training entry points: :func:`pretrain`, :func:`finetune`, :func:`predict`, :func:`evaluate` and
+:func:`load_checkpoint`, for any registered backend.
+
+:func:`pretrain` and :func:`finetune` plan and check the job without the framework (:mod:`.job`), ask the backend to
+refuse devices it cannot use, then train in this process when ``workers == 1`` and no ``ray_address`` is given, and as
+a Ray Train job otherwise; both write the best model (lowest validation loss) as a normal checkpoint directory.
+:func:`predict`, :func:`evaluate` and :func:`load_checkpoint` use the backend recorded in the checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from zoobot_pipeline.data.preprocessing import PreprocessingConfig
+from zoobot_pipeline.models.backend import Backend, checkpoint_backend, get_backend
+from zoobot_pipeline.models.config import (
+    DistributedConfig,
+    FinetuneConfig,
+    ModelConfig,
+    TrainingConfig,
+    default_preprocessing,
+)
+from zoobot_pipeline.models.job import check_distributed, finetune_job, pretrain_job
+
+__all__ = ["evaluate", "finetune", "load_checkpoint", "predict", "pretrain"]
+
+
+def load_checkpoint(path: str | Path) -> Any:
+    """Load a checkpoint with the backend named in its ``checkpoint.json``."""
+    return checkpoint_backend(path).load_checkpoint(path)
+
+
+def pretrain(release_dir: str | Path, votes_path: str | Path, out_dir: str | Path,
+             model_config: ModelConfig | None = None, training_config: TrainingConfig | None = None,
+             preprocessing: PreprocessingConfig | None = None, *, workers: int = 1, gpus_per_worker: float = 0.0,
+             cpus_per_worker: float = 1.0, ray_address: str | None = None, max_failures: int = 2,
+             storage_path: str | Path | None = None, resume_from: str | Path | None = None, quiet: bool = True,
+             backend: str = "torch") -> Path:
+    """Pretrain a Zoobot-style model on a release's voted galaxies; returns ``out_dir`` (the best checkpoint).
+
+    ``preprocessing`` defaults to the GZ DECaLS convention at the model's input size; ``model_config`` to one matching
+    ``preprocessing``. See :class:`DistributedConfig` for the distributed options.
+    """
+    preprocessing = preprocessing or default_preprocessing(model_config)
+    model_config = model_config or ModelConfig.from_preprocessing(preprocessing)
+    training_config = training_config or TrainingConfig()
+    distributed = _distributed(workers, gpus_per_worker, cpus_per_worker, ray_address, max_failures, storage_path,
+                               resume_from)
+    chosen = _checked_backend(backend, training_config, distributed)
+    job = pretrain_job(release_dir, votes_path, model_config, training_config, preprocessing)
+    return chosen.train(job, out_dir, distributed, quiet)
+
+
+def finetune(checkpoint_dir: str | Path | None, release_dir: str | Path, labels_path: str | Path,
+             out_dir: str | Path, finetune_config: FinetuneConfig, training_config: TrainingConfig | None = None, *,
+             model_config: ModelConfig | None = None, preprocessing: PreprocessingConfig | None = None,
+             workers: int = 1, gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0,
+             ray_address: str | None = None, max_failures: int = 2, storage_path: str | Path | None = None,
+             resume_from: str | Path | None = None, quiet: bool = True, backend: str = "torch") -> Path:
+    """Finetune a pretrained checkpoint on a labels file (``id_str`` + label columns); returns ``out_dir``.
+
+    The finetuned model is written as a checkpoint of kind ``"finetuned"`` that :func:`load_checkpoint`,
+    :func:`predict` and :func:`evaluate` read. With ``checkpoint_dir=None`` the same head trains on a randomly
+    initialised encoder built from ``model_config`` (every block trainable at ``lr``): the from-scratch baseline.
+    Preprocessing is the checkpoint's; from scratch it is ``preprocessing`` (default GZ DECaLS at the model's size).
+    """
+    training_config = training_config or TrainingConfig()
+    distributed = _distributed(workers, gpus_per_worker, cpus_per_worker, ray_address, max_failures, storage_path,
+                               resume_from)
+    chosen = _checked_backend(backend, training_config, distributed)
+    job = finetune_job(checkpoint_dir, release_dir, labels_path, finetune_config, training_config, model_config,
+                       preprocessing)
+    return chosen.train(job, out_dir, distributed, quiet)
+
+
+def predict(checkpoint_dir: str | Path, release_dir: str | Path, ids: Sequence[str] | None = None, *,
+            batch_size: int = 64) -> pa.Table:
+    """Predictions of a checkpoint for a release's sources (or only ``ids``), one row per usable cutout.
+
+    Columns: ``id_str``, then for classification ``predicted`` (class name) and ``p_{class}``; for regression one
+    column per label; for a decision tree ``{label_col}_fraction`` (expected vote fractions, dropout off) and
+    ``{label_col}_concentration``.
+    """
+    return checkpoint_backend(checkpoint_dir).predict(checkpoint_dir, release_dir, ids, batch_size)
+
+
+def evaluate(checkpoint_dir: str | Path, release_dir: str | Path, labels_path: str | Path,
+             ids: Sequence[str] | None = None, *, batch_size: int = 64) -> dict[str, float]:
+    """A finetuned checkpoint's mean loss on labelled galaxies (all in ``labels_path``, or only ``ids``), with
+    ``accuracy`` for classification and ``rmse`` for regression; ``n`` counts the galaxies scored."""
+    return checkpoint_backend(checkpoint_dir).evaluate(checkpoint_dir, release_dir, labels_path, ids, batch_size)
+
+
+def _distributed(workers: int, gpus_per_worker: float, cpus_per_worker: float, ray_address: str | None,
+                 max_failures: int, storage_path: str | Path | None,
+                 resume_from: str | Path | None) -> DistributedConfig:
+    return DistributedConfig(workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
+                             ray_address=ray_address, max_failures=max_failures,
+                             storage_path=None if storage_path is None else str(storage_path),
+                             resume_from=None if resume_from is None else str(resume_from))
+
+
+def _checked_backend(name: str, training: TrainingConfig, distributed: DistributedConfig) -> Backend:
+    check_distributed(training, distributed)
+    backend = get_backend(name)
+    backend.check_devices(distributed)
+    return backend
