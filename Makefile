@@ -29,8 +29,11 @@ demo: $(INSTALLED)
 test: $(INSTALLED)
 	$(BIN)/python -m pytest -q
 
+# ruff, then the import contracts in pyproject.toml ([tool.importlinter]): the layers, where torch, tensorflow,
+# prefect and ray may be imported. A broken contract names the import that breaks it.
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 bench: $(INSTALLED)
 	$(BIN)/python benchmarks/mutual_information.py

@@ -4,9 +4,9 @@ Run: .venv/bin/python benchmarks/active_learning.py [--work DIR] [--png PATH] [-
      .venv/bin/python benchmarks/active_learning.py --analyse DIR     (print and plot a finished or running run again)
 
 1. Simulates a pretraining release (its own seed: none of the experiment's galaxies) and pretrains resnet18 at 64 px
-   on its votes: the encoder every round starts from (why: ``zoobot_pipeline.active.loop``'s docstring).
+   on its votes: the encoder every round starts from (why: ``al_experiment.py``'s docstring, beside this file).
 2. Simulates the experiment's release (every source with simulated volunteer votes, revealed only when acquired)
-   and runs ``zoobot_pipeline.active.loop.run_experiment``: per seed a test set and an initial labelled set, then
+   and runs ``al_experiment.run_experiment``: per seed a test set and an initial labelled set, then
    rounds of finetune -> export -> score the release -> acquire K -> reveal their votes -> merge, per strategy.
 3. Prints the test NLL and accuracy per strategy and number of labels (mean and standard deviation over seeds, and
    the paired difference to random), how many labels mutual information needs to reach random's test NLL
@@ -26,12 +26,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from al_experiment import ExperimentConfig, galaxy_nll, run_experiment
 from scipy.stats import spearmanr
 
 from zoobot_pipeline import models
 from zoobot_pipeline.active.acquisition import entropy, mutual_information
-from zoobot_pipeline.active.loop import ExperimentConfig, RoundConfig, galaxy_nll, run_experiment
 from zoobot_pipeline.catalogue import read_catalogue
+from zoobot_pipeline.cycle import RoundConfig
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
 from zoobot_pipeline.data.synthetic.simulate import simulate_release
 from zoobot_pipeline.data.votes import read_votes, vote_matrix
@@ -310,7 +311,7 @@ def main() -> None:
     config = ExperimentConfig(
         strategies=strategies, seeds=tuple(args.seeds), n_test=args.test, n_initial=args.initial, top_k=args.top_k,
         n_rounds=args.rounds,
-        round=RoundConfig(pretrained=str(pretrained), model=model_config, preprocessing=preprocessing,
+        round=RoundConfig(pretrained=pretrained, model=model_config, preprocessing=preprocessing,
                           training=models.TrainingConfig(epochs=args.epochs, batch_size=32, patience=4),
                           n_blocks=args.n_blocks if args.n_blocks == "all" else int(args.n_blocks)))
     print(f"release: {n_galaxies} sources ({time.perf_counter() - started:.0f} s)", flush=True)

@@ -2,7 +2,7 @@
 
 - :mod:`flows.training`: ``pretrain``, ``finetune``, ``export``.
 - :mod:`flows.scoring`: ``score_release``, ``rank_and_queue``.
-- :mod:`flows.active_learning`: ``active_learning_cycle``.
+- :mod:`flows.active_learning`: ``active_learning_cycle``, one task per step of :mod:`zoobot_pipeline.cycle`.
 - :mod:`flows.watcher`: ``watch_releases``.
 - :mod:`flows.artifacts`: the artifacts the flows leave in the Prefect UI.
 

@@ -6,16 +6,13 @@ reuses the images already rendered, and the upload skips the subjects its state 
 cannot fix (bad options, a package that does not fit the release: ``ValueError`` and its subclasses) fail at once.
 
 Ranking is not retried, because every rank run queues the *next* ``top_k`` galaxies. ``run_key`` makes it idempotent
-instead: the first run under a key records its timestamp in ``QUEUE/flow-keys/{run_key}.json`` before ranking, the
-run id follows from that timestamp, and a later run under the same key (a retry, or a flow restarted after a crash)
-finds that run's file and reuses it rather than queueing more galaxies.
+instead (:func:`~zoobot_pipeline.active.ranking.rank_catalogue`): a later run under the same key (a retry, or a flow
+restarted after a crash) gets the queue run made under it rather than queueing more galaxies.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,16 +25,15 @@ from prefect.states import State
 
 from flows.artifacts import artifact_key, markdown_table, publish_link, publish_table, queue_sheet
 from zoobot_pipeline.active.manifest import write_manifest
-from zoobot_pipeline.active.ranking import QUEUE_FILE, RUNS_DIR, rank_catalogue
+from zoobot_pipeline.active.ranking import KEYS_DIR, rank_catalogue, rank_settings, run_id_of
+from zoobot_pipeline.active.ranking import run_file as queue_run_file
 from zoobot_pipeline.active.zooniverse import DEFAULT_ENDPOINT, UploadReport, upload_manifest
-from zoobot_pipeline.io import write_json_atomic, write_parquet_atomic
 from zoobot_pipeline.scoring import pipeline
 from zoobot_pipeline.scoring.pipeline import ScoringResult
 from zoobot_pipeline.scoring.summary import QUANTILES, summarize_catalogue
 
-__all__ = ["KEYS_DIR", "QueueResult", "rank_and_queue", "score_release"]
+__all__ = ["KEYS_DIR", "QueueResult", "rank_and_queue", "run_id_of", "score_release"]
 
-KEYS_DIR = "flow-keys"
 QUEUE_SHOWN = 20
 _FAILURE_COLUMNS = ("tile_id", "path", "reason", "n_sources")
 _QUEUE_COLUMNS = ("rank", "id_str", "acquisition", "top_question", "ra", "dec", "tile_id")
@@ -87,30 +83,14 @@ def score_release(release_dir: Path, package_dir: Path, out_dir: Path, batch_siz
     return result
 
 
-def run_id_of(created: datetime) -> str:
-    """The queue run id that :func:`~zoobot_pipeline.active.ranking.rank_catalogue` derives from ``created``."""
-    return created.astimezone(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-
-
 @task(name="rank-catalogue", cache_policy=NO_CACHE)
 def rank_queue(catalogue: Path, queue_dir: Path, top_k: int, run_key: str | None, options: dict[str, Any]) -> Path:
-    """Rank ``catalogue`` into a new run of ``queue_dir`` (or, under a ``run_key`` used before, reuse that run);
-    returns the run file."""
-    created = datetime.now(UTC)
-    if run_key is not None:
-        key_file = queue_dir / KEYS_DIR / f"{run_key}.json"
-        if key_file.is_file():
-            created = datetime.fromisoformat(json.loads(key_file.read_text())["created"])
-        else:
-            write_json_atomic({"run_key": run_key, "created": created.isoformat()}, key_file)
-        run_file = queue_dir / RUNS_DIR / f"{run_id_of(created)}.parquet"
-        if run_file.is_file():
-            get_run_logger().info("run key %r: reusing queue run %s", run_key, run_file.name)
-            if run_file == max((queue_dir / RUNS_DIR).glob("*.parquet")):
-                write_parquet_atomic(pq.read_table(run_file), queue_dir / QUEUE_FILE)  # it may have missed this
-            return run_file
-    rank_catalogue(catalogue, top_k, queue_dir=queue_dir, created=created, **options)
-    return queue_dir / RUNS_DIR / f"{run_id_of(created)}.parquet"
+    """:func:`zoobot_pipeline.active.ranking.rank_catalogue` into a new run of ``queue_dir`` (under a ``run_key``
+    used before: the run made then); returns the run file."""
+    queue = rank_catalogue(catalogue, top_k, queue_dir=queue_dir, run_key=run_key, **options)
+    run_id = rank_settings(queue)["run_id"]
+    get_run_logger().info("queue run %s (run key %r): %d galaxies", run_id, run_key, queue.num_rows)
+    return queue_run_file(queue_dir, run_id)
 
 
 @task(name="write-manifest", retries=1, retry_condition_fn=retry_unless_bad_input, cache_policy=NO_CACHE)
@@ -164,7 +144,7 @@ def rank_and_queue(catalogue: Path, release_dir: Path, queue_dir: Path, top_k: i
         report = upload_subjects(manifest_dir, project_id, subject_set_id, endpoint, dry_run)
 
     release = queue.column("release")[0].as_py() if queue.num_rows else release_dir.name
-    settings = json.loads(queue.schema.metadata[b"zoobot_pipeline.rank"])
+    settings = rank_settings(queue)
     upload_line = "not requested (no project and subject set given)" if report is None else (
         f"{'dry run: would upload' if report.dry_run else 'uploaded'} {len(report.to_upload)} of {report.total} "
         f"subjects ({report.already_uploaded} uploaded before) to subject set {subject_set_id}")

@@ -45,6 +45,17 @@ def export_model(checkpoint_dir: Path, out_dir: Path, options: dict[str, Any]) -
     return export_package(checkpoint_dir, out_dir, **options)
 
 
+def _training_options(model: ModelConfig | None, training: TrainingConfig | None,
+                      preprocessing: PreprocessingConfig | None, workers: int, gpus_per_worker: float,
+                      cpus_per_worker: float, ray_address: str | None, storage_path: Path | None,
+                      resume_from: Path | None, backend: str) -> dict[str, Any]:
+    """The keyword arguments that :func:`zoobot_pipeline.models.pretrain` and :func:`~zoobot_pipeline.models.finetune`
+    share, from the parameters the ``pretrain`` and ``finetune`` flows share."""
+    return {"model_config": model, "training_config": training, "preprocessing": preprocessing, "workers": workers,
+            "gpus_per_worker": gpus_per_worker, "cpus_per_worker": cpus_per_worker, "ray_address": ray_address,
+            "storage_path": storage_path, "resume_from": resume_from, "backend": backend}
+
+
 def _report_checkpoint(checkpoint: Path, what: str) -> None:
     """Markdown summary and per-epoch history table of a checkpoint's training."""
     meta = models.read_checkpoint_json(checkpoint)
@@ -69,10 +80,8 @@ def pretrain(release_dir: Path, out_dir: Path, votes_path: Path | None = None, m
              backend: str = "torch") -> Path:
     """Pretrain a Zoobot-style model on a release's volunteer votes (default ``release_dir/votes.parquet``) into
     ``out_dir``; returns the checkpoint directory."""
-    options = {"model_config": model, "training_config": training, "preprocessing": preprocessing,
-               "workers": workers, "gpus_per_worker": gpus_per_worker, "cpus_per_worker": cpus_per_worker,
-               "ray_address": ray_address, "storage_path": storage_path, "resume_from": resume_from,
-               "backend": backend}
+    options = _training_options(model, training, preprocessing, workers, gpus_per_worker, cpus_per_worker,
+                                ray_address, storage_path, resume_from, backend)
     checkpoint = pretrain_model(release_dir, votes_path or release_dir / "votes.parquet", out_dir, options)
     _report_checkpoint(checkpoint, "pretrain")
     return checkpoint
@@ -86,10 +95,8 @@ def finetune(checkpoint_dir: Path | None, release_dir: Path, labels_path: Path, 
              storage_path: Path | None = None, resume_from: Path | None = None, backend: str = "torch") -> Path:
     """Finetune a pretrained checkpoint (``None``: a fresh encoder from ``model``) on ``labels_path`` into
     ``out_dir``; returns the checkpoint directory."""
-    options = {"training_config": training, "model_config": model, "preprocessing": preprocessing,
-               "workers": workers, "gpus_per_worker": gpus_per_worker, "cpus_per_worker": cpus_per_worker,
-               "ray_address": ray_address, "storage_path": storage_path, "resume_from": resume_from,
-               "backend": backend}
+    options = _training_options(model, training, preprocessing, workers, gpus_per_worker, cpus_per_worker,
+                                ray_address, storage_path, resume_from, backend)
     checkpoint = finetune_model(checkpoint_dir, release_dir, labels_path, out_dir, finetune_config, options)
     _report_checkpoint(checkpoint, "finetune")
     return checkpoint

@@ -1,7 +1,7 @@
-"""The active-learning loop's mechanics on a small simulated release with a tiny model: rounds run, the labelled set
-grows by K per round with the volunteers' own votes, nothing is acquired twice, test galaxies never are, the
-strategies share their start, MI picks what the previous model was most uncertain about, the test NLL and accuracy
-match an independent computation, and the results read back."""
+"""The label-efficiency experiment's mechanics (``benchmarks/al_experiment.py``) on a small simulated release with a
+tiny model: rounds run, the labelled set grows by K per round with the volunteers' own votes, nothing is acquired
+twice, test galaxies never are, the strategies share their start, MI picks what the previous model was most uncertain
+about, the test NLL and accuracy match an independent computation, and the results read back."""
 
 from __future__ import annotations
 
@@ -14,15 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from benchmarks.al_experiment import RESULT_COLUMNS, ExperimentConfig, reveal_votes, run_experiment
 from zoobot_pipeline.active.acquisition import mutual_information
-from zoobot_pipeline.active.loop import (
-    RESULT_COLUMNS,
-    ExperimentConfig,
-    RoundConfig,
-    reveal_votes,
-    run_experiment,
-)
 from zoobot_pipeline.catalogue import read_catalogue
+from zoobot_pipeline.cycle import RoundConfig
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
 from zoobot_pipeline.data.synthetic.simulate import simulate_release
 from zoobot_pipeline.data.votes import read_votes, vote_matrix

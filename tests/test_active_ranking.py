@@ -4,6 +4,8 @@ exclusions (flags, votes, queue history), quotas, reruns, errors and the ``rank`
 from __future__ import annotations
 
 import json
+import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +16,10 @@ import pytest
 from typer.testing import CliRunner
 
 from zoobot_pipeline.active import acquisition as acq
-from zoobot_pipeline.active.ranking import _Best, catalogue_files, rank_catalogue
+from zoobot_pipeline.active.ranking import KEYS_DIR, QUEUE_FILE, _Best, rank_catalogue, rank_settings, run_id_of
+from zoobot_pipeline.catalogue import catalogue_files, catalogue_questions
 from zoobot_pipeline.cli import app
+from zoobot_pipeline.errors import UnknownNameError, ZoobotPipelineError
 from zoobot_pipeline.schemas import get_schema
 
 SCHEMA = get_schema("decals_dr5")
@@ -141,7 +145,7 @@ def test_acquisition_functions_match_an_independent_computation():
         assert [QUESTIONS[i] for i in top] == expected_top
     # with unit weights, MI is the catalogue's own acquisition column (written in float32)
     np.testing.assert_allclose(acq.mutual_information(table), frame["acquisition"], rtol=1e-6)
-    assert acq.catalogue_questions(table.schema) == QUESTIONS
+    assert catalogue_questions(table.schema) == QUESTIONS
     with pytest.raises(ValueError, match="unknown question.*bars"):
         acq.mutual_information(table, {"bars": 2.0})
     with pytest.raises(ValueError, match="non-negative"):
@@ -159,6 +163,55 @@ def test_random_acquisition_depends_only_on_seed_and_id():
     assert scores.min() >= 0 and scores.max() < 1
     assert abs(scores.mean() - 0.5) < 0.02 and len(np.unique(scores)) == len(ids)
     assert np.histogram(scores, bins=10, range=(0, 1))[0].min() > 330  # about 400 per decile
+
+
+def test_acquisition_functions_are_a_registry_users_can_extend(tmp_path, monkeypatch):
+    monkeypatch.setattr(acq, "_REGISTRY", dict(acq._REGISTRY))  # registrations of this test end with it
+    assert acq.available_acquisitions() == acq.ACQUISITION_FUNCTIONS == ("mutual_information", "entropy", "random")
+    frame = write_catalogue(tmp_path / "cat", n_files=2, rows=30)
+    column = "bar-dr5_strong_fraction"
+
+    def strong_bars(batch, questions, weights, seed):
+        return batch.column(column).to_numpy(zero_copy_only=False)
+
+    acq.register_acquisition("strong_bars", strong_bars, columns=[column])
+    assert acq.available_acquisitions()[-1] == "strong_bars"
+    assert acq.required_columns("strong_bars", QUESTIONS) == ["id_str", column]
+    queue = rank_catalogue(tmp_path / "cat", 9, acquisition="strong_bars", batch_size=7)
+    expected = full_sort(frame, frame[column].astype(np.float64).to_numpy())
+    assert queue["id_str"].to_pylist() == expected["id_str"].head(9).tolist()
+    assert set(queue["acquisition_function"].to_pylist()) == {"strong_bars"} and queue["top_question"].null_count == 9
+
+    # a function can name the question driving each score, and read per-question columns
+    def asked_most(batch, questions, weights, seed):
+        asked = np.stack([batch.column(f"{q}_probability_asked").to_numpy(zero_copy_only=False) for q in questions],
+                         axis=1) * weights
+        return asked.max(axis=1), asked.argmax(axis=1)
+
+    acq.register_acquisition("asked_most", asked_most, per_question=["probability_asked"])
+    queue = rank_catalogue(tmp_path / "cat", 5, acquisition="asked_most", weights={"bar-dr5": 2.0})
+    asked = frame[[f"{q}_probability_asked" for q in QUESTIONS]].to_numpy(np.float64) * [
+        2.0 if q == "bar-dr5" else 1.0 for q in QUESTIONS]
+    expected = full_sort(frame.assign(top=[QUESTIONS[i] for i in asked.argmax(axis=1)]), asked.max(axis=1)).head(5)
+    assert queue["id_str"].to_pylist() == expected["id_str"].tolist()
+    assert queue["top_question"].to_pylist() == expected["top"].tolist()
+
+    with pytest.raises(ZoobotPipelineError, match="'strong_bars' is already registered"):
+        acq.register_acquisition("strong_bars", strong_bars)
+    acq.register_acquisition("strong_bars", lambda batch, questions, weights, seed: np.zeros(2), replace=True)
+    with pytest.raises(ZoobotPipelineError, match=r"'strong_bars' returned scores \(2,\)"):
+        rank_catalogue(tmp_path / "cat", 3, acquisition="strong_bars")
+    with pytest.raises(UnknownNameError, match="unknown per-question quantity 'fraction'"):
+        acq.register_acquisition("fractions", strong_bars, per_question=["fraction"])
+    for call in (lambda: rank_catalogue(tmp_path / "cat", 3, acquisition="bald"),
+                 lambda: acq.required_columns("bald", QUESTIONS)):
+        with pytest.raises(UnknownNameError, match="unknown acquisition function 'bald'; use one of "
+                                                   "mutual_information, entropy, random, strong_bars") as err:
+            call()
+        assert isinstance(err.value, KeyError)
+    table = catalogue_table(["a", "b"], ["t", "t"], seed=4).drop_columns(["bar-dr5_entropy"])
+    with pytest.raises(ZoobotPipelineError, match="no column 'bar-dr5_entropy'"):
+        acq.entropy(table)
 
 
 def test_bounded_selection_holds_at_most_k_rows_and_equals_greedy():
@@ -262,6 +315,75 @@ def test_reruns_never_queue_a_galaxy_twice(tmp_path):
     info = json.loads(second.schema.metadata[b"zoobot_pipeline.rank"])
     assert info["skipped_queued"] == 12
     assert not list(queue_dir.rglob(".tmp-*"))
+
+
+def test_a_run_key_queues_once(tmp_path):
+    frame = write_catalogue(tmp_path / "cat", n_files=3, rows=20)
+    scores, _ = independent_scores(frame)
+    ranked = full_sort(frame, scores)["id_str"].tolist()
+    queue_dir = tmp_path / "queue"
+    runs = queue_dir / "runs"
+
+    first = rank_catalogue(tmp_path / "cat", 8, queue_dir=queue_dir, run_key="week-1", batch_size=9)
+    again = rank_catalogue(tmp_path / "cat", 8, queue_dir=queue_dir, run_key="week-1")
+    assert first["id_str"].to_pylist() == ranked[:8]
+    assert again.to_pylist() == first.to_pylist() and rank_settings(again) == rank_settings(first)
+    assert len(list(runs.glob("*.parquet"))) == 1
+    created = json.loads((queue_dir / KEYS_DIR / "week-1.json").read_text())["created"]
+    assert rank_settings(first)["run_id"] == run_id_of(datetime.fromisoformat(created))
+
+    second = rank_catalogue(tmp_path / "cat", 8, queue_dir=queue_dir, run_key="week-2")
+    assert second["id_str"].to_pylist() == ranked[8:16] and len(list(runs.glob("*.parquet"))) == 2
+    second_file = runs / f"{rank_settings(second)['run_id']}.parquet"
+
+    # killed between its run file and queue.parquet: the rerun restores queue.parquet from the run file
+    pq.write_table(first, queue_dir / QUEUE_FILE)
+    assert rank_catalogue(tmp_path / "cat", 8, queue_dir=queue_dir, run_key="week-2").to_pylist() == second.to_pylist()
+    assert pq.read_table(queue_dir / QUEUE_FILE).to_pylist() == second.to_pylist()
+    # an earlier run under its key leaves the latest queue as it is
+    rank_catalogue(tmp_path / "cat", 8, queue_dir=queue_dir, run_key="week-1")
+    assert pq.read_table(queue_dir / QUEUE_FILE).to_pylist() == second.to_pylist()
+    # killed before its run file was written: the rerun ranks the same galaxies under the same run id
+    second_file.unlink()
+    redone = rank_catalogue(tmp_path / "cat", 8, queue_dir=queue_dir, run_key="week-2")
+    assert redone.to_pylist() == second.to_pylist() and second_file.is_file()
+
+    # a key recorded by earlier versions (QUEUE/flow-keys) is still honoured
+    legacy = queue_dir / "flow-keys" / "weekly-0.json"
+    legacy.parent.mkdir()
+    legacy.write_text(json.dumps({"run_key": "weekly-0", "created": first["created"][0].as_py().isoformat()}))
+    assert rank_catalogue(tmp_path / "cat", 8, queue_dir=queue_dir, run_key="weekly-0").to_pylist() == \
+        first.to_pylist()
+    assert len(list(runs.glob("*.parquet"))) == 2
+
+    created = datetime(2030, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
+    later = rank_catalogue(tmp_path / "cat", 8, queue_dir=queue_dir, run_key="week-3", created=created)
+    assert later["id_str"].to_pylist() == ranked[16:24] and rank_settings(later)["run_id"] == run_id_of(created)
+    with pytest.raises(ZoobotPipelineError, match="needs a queue directory"):
+        rank_catalogue(tmp_path / "cat", 8, run_key="week-4")
+    with pytest.raises(ZoobotPipelineError, match="file name"):
+        rank_catalogue(tmp_path / "cat", 8, queue_dir=queue_dir, run_key="../week-4")
+    (queue_dir / KEYS_DIR / "broken.json").write_text("{")
+    with pytest.raises(ZoobotPipelineError, match="broken.json: not a run-key file"):
+        rank_catalogue(tmp_path / "cat", 8, queue_dir=queue_dir, run_key="broken")
+
+
+def test_runs_at_once_on_one_queue_take_turns(tmp_path):
+    frame = write_catalogue(tmp_path / "cat", n_files=4, rows=60)
+    scores, _ = independent_scores(frame)
+    ranked = full_sort(frame, scores)["id_str"].tolist()
+    results: dict[int, list[str]] = {}
+
+    def rank(i: int) -> None:
+        results[i] = rank_catalogue(tmp_path / "cat", 30, queue_dir=tmp_path / "queue", batch_size=5)[
+            "id_str"].to_pylist()
+
+    threads = [threading.Thread(target=rank, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results.values()) == sorted([ranked[:30], ranked[30:60], ranked[60:90]])
 
 
 def test_per_tile_quota_caps_each_tile_and_matches_the_greedy_ranking(tmp_path):

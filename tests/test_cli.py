@@ -9,11 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 from astropy.io import fits
 from PIL import Image
 from typer.testing import CliRunner
 
 from zoobot_pipeline.cli import app
+from zoobot_pipeline.data.preprocessing import available_presets
 from zoobot_pipeline.schemas import get_schema
 
 runner = CliRunner()
@@ -128,3 +130,82 @@ def test_pretrain_then_finetune_from_the_command_line(tmp_path):
                                str(release), "--labels", str(labels), "--out", str(tmp_path / "y"), "--task",
                                "classification", "--label-column", "smooth"])
     assert both.exit_code == 2 and "--from-scratch" in both.output
+
+
+def test_choices_are_the_library_lists():
+    from zoobot_pipeline.active.acquisition import available_acquisitions
+    from zoobot_pipeline.data.render import IMAGE_FORMATS
+    from zoobot_pipeline.models import FINETUNE_TASKS
+    from zoobot_pipeline.runtime.devices import DEVICES
+    from zoobot_pipeline.runtime.package import PRECISION_VARIANTS
+
+    expected = {
+        ("score", "--device"): DEVICES,
+        ("score", "--variant"): PRECISION_VARIANTS,
+        ("export", "--variant"): tuple(v for v in PRECISION_VARIANTS if v != "fp32"),
+        ("finetune", "--task"): FINETUNE_TASKS,
+        ("rank", "--acquisition"): available_acquisitions(),
+        ("render", "--format"): IMAGE_FORMATS,
+        ("queue manifest", "--format"): IMAGE_FORMATS,
+    }
+    for (command, option), values in expected.items():
+        shown = runner.invoke(app, [*command.split(), "--help"], env={"COLUMNS": "200"})
+        listed = next(line for line in shown.output.splitlines() if f" {option} " in line)
+        assert "|".join(values) in listed, (command, option, listed)
+        refused = runner.invoke(app, [*command.split(), option, "no-such-choice"])
+        assert refused.exit_code == 2 and "no-such-choice" in refused.output, (command, option, refused.output)
+
+
+def test_pretrain_help_lists_every_preprocessing_preset():
+    shown = runner.invoke(app, ["pretrain", "--help"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0
+    assert all(name in shown.output for name in available_presets()) and "from_images" in available_presets()
+
+
+def _one_error_line(result) -> str:
+    """The one line a user error prints on stderr (after checking exit code 2 and no traceback)."""
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_every_kind_of_user_error_is_one_line_and_exit_2(tmp_path):
+    line = _one_error_line(runner.invoke(app, ["pretrain", "--release", str(tmp_path), "--out", str(tmp_path / "o"),
+                                               "--preprocessing", "no_such_preset"]))
+    assert "--preprocessing" in line and "'no_such_preset'" in line
+    assert all(name in line for name in available_presets())
+
+    line = _one_error_line(runner.invoke(app, ["simulate", "--out", str(tmp_path / "s"), "--schema", "no_tree"]))
+    assert "unknown schema 'no_tree'" in line
+
+    missing = tmp_path / "no_release"
+    line = _one_error_line(runner.invoke(app, ["release", "check", str(missing)]))
+    assert str(missing) in line
+    line = _one_error_line(runner.invoke(app, ["render", str(missing), "--out", str(tmp_path / "png")]))
+    assert str(missing) in line
+
+    line = _one_error_line(runner.invoke(app, ["pretrain", "--release", str(tmp_path), "--out", str(tmp_path / "o"),
+                                               "--epochs", "0"]))
+    assert "TrainingConfig" in line and "epochs" in line and "(got 0)" in line
+
+    line = _one_error_line(runner.invoke(app, ["pretrain", "--release", str(tmp_path), "--out", str(tmp_path / "o"),
+                                               "--preprocessing", str(tmp_path / "missing.json")]))
+    assert str(tmp_path / "missing.json") in line
+
+
+def test_an_unavailable_device_is_one_line_and_exit_2(tmp_path):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    line = _one_error_line(runner.invoke(app, ["score", "--release", str(tmp_path), "--model", str(tmp_path),
+                                               "--out", str(tmp_path / "cat"), "--device", "cuda"]))
+    assert "cuda" in line.lower()
+
+
+def test_python_dash_m_runs_the_command_line():
+    done = subprocess.run([sys.executable, "-m", "zoobot_pipeline.cli", "--version"], check=True,
+                          capture_output=True, text=True)
+    assert done.stdout.startswith("zoobot-pipeline ")

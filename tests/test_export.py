@@ -32,7 +32,7 @@ def checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = build_model(MODEL)
     with torch.no_grad():  # a head whose outputs vary with the input, as after training
-        model.dirichlet_head.linear.weight.normal_(0.0, 0.5)
+        model.head.linear.weight.normal_(0.0, 0.5)
     return save_checkpoint(model.eval(), tmp_path_factory.mktemp("ckpt") / "model", PREPROCESSING)
 
 
@@ -79,8 +79,8 @@ def test_masked_head_equals_the_torch_head_with_the_same_masks(package: Path, ch
     masks = dropout_masks(ids, 7, pkg.n_features, pkg.dropout_rate, seed=4)
     outputs, features = PackageSession(pkg).run(images, masks)
     with torch.no_grad():
-        encoded = model.encode(torch.from_numpy(images))
-        expected = 1 + 100 * torch.sigmoid(model.dirichlet_head.linear(encoded[:, None, :] * torch.from_numpy(masks)))
+        encoded = model.encoder(torch.from_numpy(images))
+        expected = 1 + 100 * torch.sigmoid(model.head.linear(encoded[:, None, :] * torch.from_numpy(masks)))
     np.testing.assert_allclose(features, encoded.numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(outputs, expected.numpy(), rtol=1e-4)
 
@@ -105,7 +105,7 @@ def test_mc_masks_match_full_stochastic_forward_passes(package: Path, checkpoint
     image = _images(1, seed=2)
     masked = PackageSession(package).predict(image, ["galaxy"], mc_samples=n, seed=0)[0]
     model = load_checkpoint(checkpoint)
-    model.dirichlet_head.train()  # dropout on in the head: the stochastic forward pass of Zoobot's MC dropout
+    model.head.train()  # dropout on in the head: the stochastic forward pass of Zoobot's MC dropout
     torch.manual_seed(0)
     with torch.no_grad():
         full = torch.cat([model(torch.from_numpy(image).expand(500, -1, -1, -1)) for _ in range(n // 500)]).numpy()

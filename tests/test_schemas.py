@@ -62,7 +62,7 @@ def test_required_trees_are_available_and_named_like_the_data_releases():
 def test_question_ranges_tile_the_label_columns():
     for name in available_schemas():
         schema = get_schema(name)
-        ranges = schema.question_index_ranges
+        ranges = [(q.start, q.stop) for q in schema.questions]
         assert ranges[0][0] == 0 and ranges[-1][1] == len(schema.label_cols)
         assert all(stop == next_start for (_, stop), (next_start, _) in zip(ranges, ranges[1:], strict=False))
         for question in schema.questions:

@@ -31,7 +31,14 @@ from test_scoring_support import (
 )
 from typer.testing import CliRunner
 
-from zoobot_pipeline.catalogue import FAILURES_FILE, part_files, part_metadata, part_path, read_catalogue
+from zoobot_pipeline.catalogue import (
+    FAILURES_FILE,
+    catalogue_files,
+    part_files,
+    part_metadata,
+    part_path,
+    read_catalogue,
+)
 from zoobot_pipeline.cli import TILES_FAILED_EXIT, app
 from zoobot_pipeline.data.preprocessing import CutoutSizing, PreprocessingConfig
 from zoobot_pipeline.data.release import Release
@@ -382,6 +389,4 @@ def test_part_file_names_are_never_hidden_from_readers(tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.table({"id_str": [tile_id]}), path)
     assert len(part_files(tmp_path)) == 4
-    from zoobot_pipeline.active.ranking import catalogue_files
-
     assert len(catalogue_files(tmp_path)) == 4

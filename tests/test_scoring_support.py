@@ -37,7 +37,7 @@ def make_package(root: Path, mc_samples: int = 5, torch_seed: int = 0,
     torch.manual_seed(torch_seed)
     model = build_model(MODEL)
     with torch.no_grad():
-        model.dirichlet_head.linear.weight.normal_(0.0, 0.5)
+        model.head.linear.weight.normal_(0.0, 0.5)
     checkpoint = save_checkpoint(model.eval(), root / "checkpoint", preprocessing)
     return export_package(checkpoint, root / "package", mc_samples=mc_samples)
 

@@ -13,6 +13,9 @@ from scipy.stats import spearmanr
 from zoobot_pipeline import stats
 from zoobot_pipeline.schemas import get_schema
 from zoobot_pipeline.stats import (
+    acquisition_score,
+    class_entropy,
+    class_mutual_information,
     dirichlet_multinomial_log_prob,
     dirichlet_multinomial_nll,
     expected_fractions,
@@ -23,6 +26,7 @@ from zoobot_pipeline.stats import (
     schema_vote_information,
     vote_information,
     vote_outcomes,
+    weighted_question_terms,
 )
 
 
@@ -243,3 +247,40 @@ def test_population_concentrations_recover_a_constant_population():
         for scale in (0.9, 1.1):
             worse = np.broadcast_to(fitted[q.slice] * scale, asked.shape)
             assert dirichlet_multinomial_log_prob(asked, worse).sum() < best
+
+
+def test_class_entropy_and_mutual_information_match_a_direct_computation():
+    rng = np.random.default_rng(11)
+    probabilities = rng.dirichlet(np.ones(4), size=(30, 6))
+    probabilities[0, :, 3] = 0.0  # a class no sample believes in: 0 log 0 = 0
+    probabilities[0] /= probabilities[0].sum(axis=-1, keepdims=True)
+    probabilities[1] = probabilities[1, 0]  # the samples agree: nothing to learn
+    mean = probabilities.mean(axis=1)
+    np.testing.assert_allclose(class_entropy(mean), [_entropy(row) for row in mean], rtol=1e-12)
+    expected = [_entropy(mean[g]) - np.mean([_entropy(s) for s in probabilities[g]]) for g in range(30)]
+    mi = class_mutual_information(probabilities)
+    np.testing.assert_allclose(mi, np.maximum(expected, 0.0), rtol=1e-9, atol=1e-15)
+    assert mi[1] == pytest.approx(0.0, abs=1e-12) and np.all(mi >= 0)
+    assert class_entropy(np.array([1.0, 0.0])) == 0.0
+    with pytest.raises(ValueError, match=r"\(n, S, C\)"):
+        class_mutual_information(mean)
+
+
+def test_acquisition_score_weighs_each_question_by_the_chance_it_is_asked():
+    rng = np.random.default_rng(12)
+    values, asked = rng.random((25, 4)), rng.random((25, 4))
+    weights = np.array([2.0, 0.0, 0.5, 1.0])
+    np.testing.assert_allclose(weighted_question_terms(values, asked, weights),
+                               [[weights[q] * values[g, q] * asked[g, q] for q in range(4)] for g in range(25)],
+                               rtol=1e-15)
+    np.testing.assert_allclose(acquisition_score(values, asked, weights),
+                               [sum(weights[q] * values[g, q] * asked[g, q] for q in range(4)) for g in range(25)],
+                               rtol=1e-12)
+    # unit weights are the default, bit for bit; a missing value stays missing
+    np.testing.assert_array_equal(acquisition_score(values, asked), acquisition_score(values, asked, np.ones(4)))
+    values[3, 2] = np.nan
+    assert np.isnan(acquisition_score(values, asked)[3]) and np.isfinite(acquisition_score(values, asked)[4])
+    with pytest.raises(ValueError, match="must both be"):
+        weighted_question_terms(values, asked[:, :3])
+    with pytest.raises(ValueError, match="4 question weights"):
+        acquisition_score(values, asked, np.ones(3))

@@ -76,7 +76,7 @@ def test_classification_keeps_the_encoder_frozen_and_round_trips(release, labels
     model = load_checkpoint(out)
     assert isinstance(model, FinetuneModel) and model.class_names == ("no", "yes")
     base = load_checkpoint(pretrained)
-    for name, tensor in base.backbone.state_dict().items():
+    for name, tensor in base.encoder.state_dict().items():
         torch.testing.assert_close(model.encoder.state_dict()[name], tensor, rtol=0, atol=0)
 
     ids = [f"syn_{i:06d}" for i in range(1, 11)]
@@ -98,7 +98,7 @@ def test_unfreezing_the_top_block_changes_only_it(release, labels, pretrained, t
     config = FinetuneConfig(task="classification", label_columns=("smooth",), n_blocks=1)
     model = load_checkpoint(finetune(pretrained, release, labels, tmp_path / "clf", config,
                                      TRAINING.model_copy(update={"epochs": 2})))
-    base = load_checkpoint(pretrained).backbone
+    base = load_checkpoint(pretrained).encoder
     assert not torch.equal(model.encoder.layer4[0].conv1.weight, base.layer4[0].conv1.weight)
     for name, tensor in base.layer3.state_dict().items():
         torch.testing.assert_close(model.encoder.layer3.state_dict()[name], tensor, rtol=0, atol=0)

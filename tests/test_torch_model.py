@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
+from zoobot_pipeline.io import file_sha256
 from zoobot_pipeline.models import ModelConfig, TrainingConfig, get_backend, read_checkpoint_json
 from zoobot_pipeline.models import load_checkpoint as load_any_checkpoint
 from zoobot_pipeline.models.torch.checkpoint import WEIGHTS_FILE, load_checkpoint, save_checkpoint
@@ -45,7 +48,7 @@ def test_mc_samples_differ_and_eval_forward_is_deterministic():
     with torch.no_grad():
         assert torch.equal(model(x), model(x))
         samples = model.mc_forward(x, mc_samples=8)
-        features = model.encode(x)
+        features = model.encoder(x)
     assert samples.shape == (3, 8, model.schema.n_answers)
     assert not torch.allclose(samples[:, 0], samples[:, 1])
     assert torch.all(samples > 1) and torch.all(samples < 101)
@@ -89,3 +92,20 @@ def test_checkpoint_overwrite_is_whole_and_tampering_is_detected(tmp_path: Path)
 def test_framework_free_modules_do_not_import_torch():
     code = "import sys, zoobot_pipeline.models, zoobot_pipeline.stats; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_checkpoint_with_the_old_part_names_loads_into_encoder_and_head(tmp_path: Path):
+    model = _model().eval()
+    directory = save_checkpoint(model, tmp_path / "ckpt", PREPROCESSING, TrainingConfig())
+    weights = load_file(str(directory / WEIGHTS_FILE))
+    old_prefix = {"encoder": "backbone", "head": "dirichlet_head"}
+    old_names = {f"{old_prefix[part]}.{rest}": tensor
+                 for (part, rest), tensor in ((name.split(".", 1), tensor) for name, tensor in weights.items())}
+    assert all(name.startswith(("backbone.", "dirichlet_head.")) for name in old_names)
+    save_file(old_names, str(directory / WEIGHTS_FILE))
+    meta = read_checkpoint_json(directory)
+    meta["weights"]["sha256"] = file_sha256(directory / WEIGHTS_FILE)
+    (directory / "checkpoint.json").write_text(json.dumps(meta))
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(load_checkpoint(directory)(x), model(x))

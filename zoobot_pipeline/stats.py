@@ -1,5 +1,6 @@
-"""Framework-free maths shared by every backend: Dirichlet-Multinomial likelihoods, expected vote fractions, and the
-vote-space entropy and mutual information (BALD) used to pick galaxies for volunteers.
+"""Framework-free maths shared by every backend: Dirichlet-Multinomial likelihoods, expected vote fractions, the
+vote-space entropy and mutual information (BALD) used to pick galaxies for volunteers, the same over a classifier's
+classes, and the acquisition score that weighs each question's information by the chance it is asked.
 
 Shapes: ``n`` galaxies, ``S`` MC-dropout samples, ``k`` answers of one question, ``A`` answers of a whole schema.
 
@@ -13,6 +14,10 @@ and averages ``log p_s(v) - log m(v)`` with exact log-probabilities: the KL form
 estimating the two entropies separately, because each term is bounded above by ``log S`` and vanishes when the
 samples agree. ``method="auto"`` enumerates while that is no dearer than sampling (``n_outcomes <= S * n_draws``).
 
+Acquisition: ``sum_q w_q * value_q * P(asked_q)``, with ``value_q`` the mutual information (BALD) or predictive
+entropy of question ``q`` and ``P(asked_q)`` the probability that volunteers are asked it
+(:func:`weighted_question_terms`, :func:`acquisition_score`).
+
 Seeds of the sampled estimate: each galaxy draws from its own random stream, so its values never depend on the other
 galaxies of the call, on chunking or on threads. ``seed`` is either one non-negative int (galaxy ``g`` of the call
 gets the stream of ``(seed, g)``) or one non-negative integer per galaxy (a galaxy keeps its stream wherever it is
@@ -24,16 +29,18 @@ from __future__ import annotations
 from functools import cache
 from itertools import combinations
 from math import comb
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import numpy as np
-from scipy.optimize import minimize_scalar
-from scipy.special import gammaln
+from scipy.special import gammaln, xlogy
 
-from zoobot_pipeline._vote_space import exact_information, log_term_tables, sampled_information
+from zoobot_pipeline.errors import check_name
 from zoobot_pipeline.schemas import Schema
 
 __all__ = [
+    "acquisition_score",
+    "class_entropy",
+    "class_mutual_information",
     "dirichlet_multinomial_log_prob",
     "dirichlet_multinomial_nll",
     "expected_fractions",
@@ -44,6 +51,7 @@ __all__ = [
     "schema_vote_information",
     "vote_information",
     "vote_outcomes",
+    "weighted_question_terms",
     "VoteInformation",
 ]
 
@@ -113,6 +121,8 @@ def population_concentrations(votes: np.ndarray, schema: Schema) -> np.ndarray:
     Fractions are the population-mean vote fractions of the galaxies asked the question; the total concentration
     maximises the Dirichlet-Multinomial likelihood of their votes. The baseline a trained model must beat.
     """
+    from scipy.optimize import minimize_scalar  # scipy.optimize: ~0.3 s, needed here only
+
     votes = np.asarray(votes)
     _check_answers(votes, schema, "votes")
     alpha = np.empty(schema.n_answers)
@@ -220,6 +230,43 @@ def schema_vote_information(
     return VoteInformation(*(np.stack(values, axis=-1) for values in zip(*per_question, strict=True)))
 
 
+def class_entropy(probabilities: np.ndarray) -> np.ndarray:
+    """Entropy in nats of class probabilities over the last axis (``0 log 0 = 0``)."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    return -xlogy(p, p).sum(axis=-1)
+
+
+def class_mutual_information(probabilities: np.ndarray) -> np.ndarray:
+    """Mutual information (BALD) between the class and the model from MC samples of class probabilities
+    ``(n, S, C)``: entropy of the mean minus the mean entropy, in nats, clipped at 0; ``(n,)``."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    if p.ndim != 3:
+        raise ValueError(f"expected MC samples of class probabilities of shape (n, S, C), got {p.shape}")
+    return np.maximum(class_entropy(p.mean(axis=1)) - class_entropy(p).mean(axis=1), 0.0)
+
+
+def weighted_question_terms(values: np.ndarray, asked: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Each question's acquisition term ``w_q * value_q * P(asked_q)``, float64 ``(n, Q)``, from per-question values
+    and probabilities asked ``(n, Q)`` and weights ``(Q,)`` (default 1). NaN (a missing value) stays NaN."""
+    values = np.asarray(values, dtype=np.float64)
+    asked = np.asarray(asked, dtype=np.float64)
+    if values.ndim != 2 or values.shape != asked.shape:
+        raise ValueError(f"values {values.shape} and probabilities asked {asked.shape} must both be (n, Q)")
+    terms = values * asked
+    if weights is None:
+        return terms
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.shape != (values.shape[1],):
+        raise ValueError(f"expected {values.shape[1]} question weights, got shape {weights.shape}")
+    return terms * weights
+
+
+def acquisition_score(values: np.ndarray, asked: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """``sum_q w_q * value_q * P(asked_q)`` per galaxy, ``(n,)`` float64 (see :func:`weighted_question_terms`);
+    with mutual-information values and unit weights, the catalogue's ``acquisition`` column."""
+    return weighted_question_terms(values, asked, weights).sum(axis=1)
+
+
 def _mix(a: np.ndarray, b: np.ndarray | int) -> np.ndarray:
     """SplitMix64 finaliser of ``a + golden * (b + 1)``, elementwise on wrapping uint64 arrays (``a`` at least 1-d,
     so numpy wraps silently instead of warning as it does for scalars)."""
@@ -256,13 +303,13 @@ def _vote_space_information(
         raise ValueError("n_volunteers must be >= 0")
     if n_draws < 1:
         raise ValueError("n_draws must be >= 1")
+    from zoobot_pipeline._vote_space import exact_information, log_term_tables, sampled_information  # numba: ~1 s
+
     n, n_samples, k = alpha.shape
     if n_volunteers == 0 or k == 1 or n == 0:
         return np.zeros(n), np.zeros(n)
-    if method == "auto":
+    if check_name(method, get_args(Method), "method") == "auto":
         method = "exact" if n_vote_outcomes(n_volunteers, k) <= n_samples * n_draws else "sampled"
-    if method not in ("exact", "sampled"):
-        raise ValueError(f"unknown method {method!r}; use 'auto', 'exact' or 'sampled'")
     streams = _streams(seed, n, question)
     mi = np.empty(n)
     entropy = np.empty(n)

@@ -1,10 +1,10 @@
 """Active learning: score a catalogue for what volunteers should label next, rank it into a priority queue, and send
 the queue to Galaxy Zoo.
 
-- :mod:`~zoobot_pipeline.active.acquisition`: acquisition functions over catalogue batches (mutual information,
-  predictive entropy, seeded random).
+- :mod:`~zoobot_pipeline.active.acquisition`: the registry of acquisition functions over catalogue batches (built in:
+  mutual information, predictive entropy, seeded random; more with ``register_acquisition``).
 - :mod:`~zoobot_pipeline.active.ranking`: streaming top-K over a whole catalogue with exclusions and quotas, and the
-  queue directory with its history.
+  queue directory with its history; a ``run_key`` makes a rank run happen exactly once.
 - :mod:`~zoobot_pipeline.active.manifest`: Zooniverse subject manifest CSV plus one colour image per subject.
 - :mod:`~zoobot_pipeline.active.zooniverse`: resumable upload of a manifest into a subject set (panoptes-client).
 - :mod:`~zoobot_pipeline.active.votes_merge`: fold new volunteer votes into the labelled set.

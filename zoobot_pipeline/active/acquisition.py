@@ -1,58 +1,112 @@
 """Acquisition functions: how much the model would learn from volunteers' votes on each galaxy of a catalogue batch.
 
-Computed from the per-question columns that scoring writes (``{question}_mutual_information``,
-``{question}_entropy``, ``{question}_probability_asked``), in float64:
+A registry of named functions, three built in, computed in float64 from the per-question columns that scoring writes
+(``{question}_mutual_information``, ``{question}_entropy``, ``{question}_probability_asked``; names:
+:mod:`zoobot_pipeline.catalogue`):
 
-- ``mutual_information`` (BALD, Walmsley et al. 2020): ``sum_q w_q * MI_q * P(asked_q)``; with unit weights this is
-  the catalogue's own ``acquisition`` column.
+- ``mutual_information`` (BALD, Walmsley et al. 2020): ``sum_q w_q * MI_q * P(asked_q)``
+  (:func:`zoobot_pipeline.stats.acquisition_score`); with unit weights this is the catalogue's own ``acquisition``
+  column.
 - ``entropy``: ``sum_q w_q * H_q * P(asked_q)`` with ``H_q`` the predictive entropy.
 - ``random``: uniform in [0, 1) from a BLAKE2b hash of ``(seed, id_str)``, so a galaxy's score never depends on which
   batch or file it is read in (the baseline in the label-efficiency experiment).
 
 Per-question weights (default 1, keyed by question name) let a science team target a question, e.g. bars. The
 question with the largest weighted term is the one "driving" a galaxy's score (``top_question``).
+
+More functions rank under their own name once registered; a function gets a batch holding ``id_str`` and the columns
+it declares, the catalogue's questions, their weights (an array in question order) and the seed, and returns its
+scores (higher: more wanted) or ``(scores, top)``::
+
+    def strong_bars(batch, questions, weights, seed):
+        return batch.column("bar-dr5_strong_fraction").to_numpy(zero_copy_only=False)
+
+    register_acquisition("strong_bars", strong_bars, columns=["bar-dr5_strong_fraction"])
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
+from zoobot_pipeline.catalogue import (
+    ENTROPY,
+    MUTUAL_INFORMATION,
+    PROBABILITY_ASKED,
+    QUESTION_QUANTITIES,
+    catalogue_questions,
+    question_column,
+)
+from zoobot_pipeline.errors import ZoobotPipelineError, check_name
+from zoobot_pipeline.io import blake2b64
+from zoobot_pipeline.stats import weighted_question_terms
+
 __all__ = [
-    "ACQUISITION_FUNCTIONS", "ASKED_SUFFIX", "ENTROPY_SUFFIX", "MI_SUFFIX", "catalogue_questions", "entropy",
-    "mutual_information", "question_terms", "random", "required_columns", "resolve_weights", "score",
-    "top_question",
+    "ACQUISITION_FUNCTIONS", "AcquisitionFunction", "available_acquisitions", "entropy", "get_acquisition",
+    "mutual_information", "question_terms", "random", "register_acquisition", "required_columns", "resolve_weights",
+    "score", "top_question",
 ]
 
-ACQUISITION_FUNCTIONS = ("mutual_information", "entropy", "random")
-MI_SUFFIX = "_mutual_information"
-ENTROPY_SUFFIX = "_entropy"
-ASKED_SUFFIX = "_probability_asked"
-_SUFFIX = {"mutual_information": MI_SUFFIX, "entropy": ENTROPY_SUFFIX}
-
 Batch = pa.RecordBatch | pa.Table
+Scorer = Callable[[Batch, Sequence[str], np.ndarray, int], np.ndarray | tuple[np.ndarray, np.ndarray]]
+RANDOM = "random"
+ACQUISITION_FUNCTIONS = (MUTUAL_INFORMATION, ENTROPY, RANDOM)
+"""The built-in acquisition functions (:func:`available_acquisitions` lists every registered one)."""
 
 
-def catalogue_questions(schema: pa.Schema) -> list[str]:
-    """Names of the questions that have a ``{question}_mutual_information`` column, in column order."""
-    return [name[: -len(MI_SUFFIX)] for name in schema.names if name.endswith(MI_SUFFIX)]
+@dataclass(frozen=True)
+class AcquisitionFunction:
+    """A registered acquisition function: ``score(batch, questions, weights, seed)`` returns float scores ``(n,)``,
+    or ``(scores, top)`` with ``top`` the index in ``questions`` of the question driving each score (-1: none). It
+    reads ``id_str``, ``{question}_{quantity}`` of every question for each quantity of ``per_question``, and
+    ``columns``."""
+
+    name: str
+    score: Scorer
+    per_question: tuple[str, ...] = ()
+    columns: tuple[str, ...] = ()
 
 
-def _check_function(function: str) -> None:
-    if function not in ACQUISITION_FUNCTIONS:
-        raise ValueError(f"unknown acquisition function {function!r}; use one of {', '.join(ACQUISITION_FUNCTIONS)}")
+_REGISTRY: dict[str, AcquisitionFunction] = {}
+
+
+def register_acquisition(name: str, function: Scorer, *, per_question: Iterable[str] = (),
+                         columns: Iterable[str] = (), replace: bool = False) -> AcquisitionFunction:
+    """Make ``function`` available as acquisition ``name`` (see the module docstring); ``per_question`` quantities
+    are among ``mutual_information``, ``entropy`` and ``probability_asked``. A name already registered is an error
+    unless ``replace``."""
+    if not isinstance(name, str) or not name:
+        raise ZoobotPipelineError(f"an acquisition function needs a non-empty name, got {name!r}")
+    if not callable(function):
+        raise ZoobotPipelineError(f"acquisition function {name!r}: {function!r} is not callable")
+    if name in _REGISTRY and not replace:
+        raise ZoobotPipelineError(f"acquisition function {name!r} is already registered; pass replace=True to "
+                                  "replace it")
+    quantities = tuple(check_name(q, QUESTION_QUANTITIES, "per-question quantity") for q in per_question)
+    entry = AcquisitionFunction(name, function, quantities, tuple(columns))
+    _REGISTRY[name] = entry
+    return entry
+
+
+def available_acquisitions() -> tuple[str, ...]:
+    """Names of the registered acquisition functions, the built-ins first."""
+    return tuple(_REGISTRY)
+
+
+def get_acquisition(name: str) -> AcquisitionFunction:
+    """The acquisition function registered as ``name`` (:class:`~zoobot_pipeline.errors.UnknownNameError` if
+    none)."""
+    return _REGISTRY[check_name(name, _REGISTRY, "acquisition function")]
 
 
 def required_columns(function: str, questions: Sequence[str]) -> list[str]:
     """Catalogue columns that ``function`` reads (``id_str`` always)."""
-    _check_function(function)
-    if function == "random":
-        return ["id_str"]
-    suffix = _SUFFIX[function]
-    return ["id_str", *(f"{q}{suffix}" for q in questions), *(f"{q}{ASKED_SUFFIX}" for q in questions)]
+    entry = get_acquisition(function)
+    per_question = [question_column(q, quantity) for quantity in entry.per_question for q in questions]
+    return ["id_str", *per_question, *entry.columns]
 
 
 def resolve_weights(questions: Sequence[str], weights: Mapping[str, float] | None = None) -> np.ndarray:
@@ -60,44 +114,52 @@ def resolve_weights(questions: Sequence[str], weights: Mapping[str, float] | Non
     weights = dict(weights or {})
     unknown = sorted(set(weights) - set(questions))
     if unknown:
-        raise ValueError(f"weights name unknown question(s) {', '.join(unknown)}; the catalogue has "
-                         f"{', '.join(questions) or 'no per-question columns'}")
+        raise ZoobotPipelineError(f"weights name unknown question(s) {', '.join(unknown)}; the catalogue has "
+                                  f"{', '.join(questions) or 'no per-question columns'}")
     bad = {q: w for q, w in weights.items() if not np.isfinite(w) or w < 0}
     if bad:
-        raise ValueError(f"weights must be finite and non-negative, got {bad}")
+        raise ZoobotPipelineError(f"weights must be finite and non-negative, got {bad}")
     return np.array([float(weights.get(q, 1.0)) for q in questions], dtype=np.float64)
 
 
 def _column(batch: Batch, name: str) -> np.ndarray:
     if name not in batch.schema.names:
-        raise KeyError(f"catalogue batch has no column {name!r}")
+        raise ZoobotPipelineError(f"catalogue batch has no column {name!r}")
     return batch.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def _per_question(batch: Batch, quantity: str, questions: Sequence[str]) -> np.ndarray:
+    """``(n, Q)`` float64 values of ``{question}_{quantity}``; nulls become NaN."""
+    values = np.empty((batch.num_rows, len(questions)), dtype=np.float64)
+    for j, q in enumerate(questions):
+        values[:, j] = _column(batch, question_column(q, quantity))
+    return values
+
+
+def _terms(batch: Batch, quantity: str, questions: Sequence[str], weights: np.ndarray) -> np.ndarray:
+    return weighted_question_terms(_per_question(batch, quantity, questions),
+                                   _per_question(batch, PROBABILITY_ASKED, questions), weights)
 
 
 def question_terms(batch: Batch, quantity: str, questions: Sequence[str] | None = None,
                    weights: Mapping[str, float] | None = None) -> np.ndarray:
     """``(n, Q)`` float64 terms ``w_q * value_q * P(asked_q)`` for ``quantity`` ``mutual_information`` or
-    ``entropy``; nulls become NaN."""
-    if quantity not in _SUFFIX:
-        raise ValueError(f"per-question quantity must be one of {', '.join(_SUFFIX)}, got {quantity!r}")
+    ``entropy`` (questions: by default the batch's); nulls become NaN."""
+    check_name(quantity, (MUTUAL_INFORMATION, ENTROPY), "per-question quantity")
     questions = list(questions) if questions is not None else catalogue_questions(batch.schema)
-    w = resolve_weights(questions, weights)
-    terms = np.empty((batch.num_rows, len(questions)), dtype=np.float64)
-    for j, q in enumerate(questions):
-        terms[:, j] = _column(batch, f"{q}{_SUFFIX[quantity]}") * _column(batch, f"{q}{ASKED_SUFFIX}") * w[j]
-    return terms
+    return _terms(batch, quantity, questions, resolve_weights(questions, weights))
 
 
 def mutual_information(batch: Batch, weights: Mapping[str, float] | None = None,
                        questions: Sequence[str] | None = None) -> np.ndarray:
     """BALD score per row: ``sum_q w_q * MI_q * P(asked_q)``."""
-    return question_terms(batch, "mutual_information", questions, weights).sum(axis=1)
+    return question_terms(batch, MUTUAL_INFORMATION, questions, weights).sum(axis=1)
 
 
 def entropy(batch: Batch, weights: Mapping[str, float] | None = None,
             questions: Sequence[str] | None = None) -> np.ndarray:
     """Predictive-entropy score per row: ``sum_q w_q * H_q * P(asked_q)``."""
-    return question_terms(batch, "entropy", questions, weights).sum(axis=1)
+    return question_terms(batch, ENTROPY, questions, weights).sum(axis=1)
 
 
 def random(batch: Batch | Sequence[str], seed: int = 0) -> np.ndarray:
@@ -107,8 +169,7 @@ def random(batch: Batch | Sequence[str], seed: int = 0) -> np.ndarray:
     key = str(int(seed)).encode()
     out = np.empty(len(ids), dtype=np.float64)
     for i, id_str in enumerate(ids):
-        digest = hashlib.blake2b(str(id_str).encode(), digest_size=8, key=key).digest()
-        out[i] = (int.from_bytes(digest, "little") >> 11) * 2.0**-53
+        out[i] = (blake2b64(str(id_str), key=key) >> 11) * 2.0**-53
     return out
 
 
@@ -119,10 +180,40 @@ def top_question(terms: np.ndarray) -> np.ndarray:
 
 def score(batch: Batch, function: str, questions: Sequence[str], weights: Mapping[str, float] | None = None,
           seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``(scores, top)`` for ``function``: ``top`` indexes ``questions`` (-1 for ``random``, no question drives it)."""
-    _check_function(function)
-    if function == "random":
-        return random(batch, seed), np.full(batch.num_rows, -1, dtype=np.int64)
-    terms = question_terms(batch, function, questions, weights)
-    top = top_question(terms) if len(questions) else np.full(batch.num_rows, -1, dtype=np.int64)
-    return terms.sum(axis=1), top
+    """``(scores, top)`` of the registered ``function``: float64 scores and, per row, the index in ``questions`` of
+    the question driving the score (-1 where none does, as for ``random``)."""
+    entry = get_acquisition(function)
+    questions = list(questions)
+    result = entry.score(batch, questions, resolve_weights(questions, weights), seed)
+    scores, top = result if isinstance(result, tuple) else (result, None)
+    scores = np.asarray(scores, dtype=np.float64)
+    top = np.full(batch.num_rows, -1, dtype=np.int64) if top is None else np.asarray(top, dtype=np.int64)
+    if scores.shape != (batch.num_rows,) or top.shape != (batch.num_rows,):
+        raise ZoobotPipelineError(f"acquisition function {function!r} returned scores {scores.shape} and top "
+                                  f"questions {top.shape} for a batch of {batch.num_rows} rows")
+    if np.any((top < -1) | (top >= len(questions))):
+        raise ZoobotPipelineError(f"acquisition function {function!r} returned a top question index outside "
+                                  f"-1..{len(questions) - 1}")
+    return scores, top
+
+
+def _question_sum(quantity: str) -> Scorer:
+    """The built-in ``sum_q w_q * value_q * P(asked_q)`` of ``quantity``, with the question of the largest term."""
+
+    def question_sum(batch: Batch, questions: Sequence[str], weights: np.ndarray,
+                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+        terms = _terms(batch, quantity, questions, weights)
+        top = top_question(terms) if len(questions) else np.full(batch.num_rows, -1, dtype=np.int64)
+        return terms.sum(axis=1), top
+
+    return question_sum
+
+
+def _random(batch: Batch, questions: Sequence[str], weights: np.ndarray, seed: int) -> np.ndarray:
+    return random(batch, seed)
+
+
+register_acquisition(MUTUAL_INFORMATION, _question_sum(MUTUAL_INFORMATION),
+                     per_question=(MUTUAL_INFORMATION, PROBABILITY_ASKED))
+register_acquisition(ENTROPY, _question_sum(ENTROPY), per_question=(ENTROPY, PROBABILITY_ASKED))
+register_acquisition(RANDOM, _random)

@@ -6,9 +6,10 @@ the best ``top_k`` rows seen so far are kept in numpy arrays: memory is O(top_k 
 size, and the catalogue is never sorted as a whole. Rows that cannot beat the current K-th best are dropped before any
 sorting. Equal scores rank by ``id_str`` (ascending), so the queue does not depend on file or batch order.
 
-Skipped: flagged rows (non-null ``flag``), galaxies that already have ``min_votes`` or more votes on the tree's first
-question in ``exclude_votes``, and galaxies already queued in ``queue_dir``. A scored row with a null or NaN value in a
-column the acquisition function reads is an error naming the file, row and column.
+Scores come from a registered acquisition function (:mod:`~zoobot_pipeline.active.acquisition`). Skipped: flagged
+rows (non-null ``flag``), galaxies that already have ``min_votes`` or more votes on the tree's first question in
+``exclude_votes``, and galaxies already queued in ``queue_dir``. A scored row with a null or NaN value in a column the
+acquisition function reads is an error naming the file, row and column.
 
 Quotas (per tile, or per magnitude bin; one kind at a time) cap how many galaxies one group contributes: the result is
 exactly that of walking the full ranking and skipping galaxies whose group is already full. Magnitude bins are
@@ -17,14 +18,23 @@ last are groups too, and so is a missing magnitude).
 
 Queue directory::
 
-    QUEUE/runs/{run_id}.parquet   what each rank run queued; written once, never changed (the queue's history)
-    QUEUE/queue.parquet           the latest run's queue (the same rows as its run file)
+    QUEUE/runs/{run_id}.parquet     what each rank run queued; written once, never changed (the queue's history)
+    QUEUE/queue.parquet             the latest run's queue (the same rows as its run file)
+    QUEUE/run-keys/{run_key}.json   when the run made under a run key was created (queues of earlier versions:
+                                    ``QUEUE/flow-keys/``, still read)
+    QUEUE/.lock                     held by the run reading the history and writing its files
 
 Every galaxy in a run file counts as queued, so rerunning the same command queues the next ``top_k`` galaxies, never
-one twice: each run writes a new run file and replaces ``queue.parquet``. The run file is written (atomically) before
-``queue.parquet``, so a run killed between the two can leave galaxies recorded as queued that are missing from
-``queue.parquet`` (its run file still lists them), never a galaxy queued twice. Start a fresh queue in a new
-directory.
+one twice: each run writes a new run file and replaces ``queue.parquet``; runs on one directory take turns (the
+lock). The run file is written (atomically) before ``queue.parquet``, so a run killed between the two can leave
+galaxies recorded as queued that are missing from ``queue.parquet`` (its run file still lists them), never a galaxy
+queued twice. Start a fresh queue in a new directory.
+
+Exactly once: a run given a ``run_key`` records its creation time under the key before ranking, and its run id follows
+from that time. A later run under the same key (a retry, a job restarted after a crash) finds that run's file and
+returns its table instead of queueing more galaxies, re-writing ``queue.parquet`` from it when it is the latest run
+(the first may have been killed between its two writes); if the first was killed before its run file was written,
+the later one ranks under the same run id.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,19 +53,26 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from zoobot_pipeline import __version__
+from zoobot_pipeline._version import __version__
 from zoobot_pipeline.active import acquisition as acq
+from zoobot_pipeline.catalogue import FLAG, MUTUAL_INFORMATION, catalogue_files, catalogue_questions
 from zoobot_pipeline.data.votes import read_votes
-from zoobot_pipeline.io import write_parquet_atomic
+from zoobot_pipeline.errors import ZoobotPipelineError
+from zoobot_pipeline.io import file_lock, write_json_atomic, write_parquet_atomic
 from zoobot_pipeline.schemas import Schema, get_schema
 
 __all__ = [
-    "QUEUE_FILE", "QUEUE_SCHEMA", "RUNS_DIR", "catalogue_files", "labelled_ids", "queued_ids", "rank_catalogue",
+    "KEYS_DIR", "LOCK_FILE", "QUEUE_FILE", "QUEUE_SCHEMA", "RANK_METADATA_KEY", "RUNS_DIR", "labelled_ids",
+    "queued_ids", "rank_catalogue", "rank_settings", "run_file", "run_id_of",
 ]
 
 QUEUE_FILE = "queue.parquet"
 RUNS_DIR = "runs"
-_BASE_COLUMNS = ("id_str", "ra", "dec", "tile_id", "flag")
+KEYS_DIR = "run-keys"
+LOCK_FILE = ".lock"
+RANK_METADATA_KEY = "zoobot_pipeline.rank"
+_FLOW_KEYS_DIR = "flow-keys"  # where queues of earlier versions recorded their run keys
+_BASE_COLUMNS = ("id_str", "ra", "dec", "tile_id", FLAG)
 _METADATA_KEYS = ("model_sha256", "schema", "release")
 
 QUEUE_SCHEMA = pa.schema([
@@ -73,29 +91,31 @@ QUEUE_SCHEMA = pa.schema([
 ])
 
 
-def catalogue_files(catalogue: str | Path) -> list[Path]:
-    """The catalogue's Parquet files, sorted; see the module docstring for what is skipped."""
-    root = Path(catalogue)
-    if root.is_file():
-        return [root]
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: catalogue not found")
-    files = []
-    for path in root.rglob("*.parquet"):
-        relative = path.relative_to(root)
-        if any(part.startswith((".", "_")) for part in relative.parts) or relative == Path("failures.parquet"):
-            continue
-        files.append(path)
-    if not files:
-        raise ValueError(f"{root}: no catalogue Parquet files found")
-    return sorted(files)
+def run_id_of(created: datetime) -> str:
+    """The run id of a rank run created at ``created``: its UTC time to the microsecond, e.g.
+    ``20250301T120000123456Z``."""
+    return created.astimezone(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def run_file(queue_dir: str | Path, run_id: str) -> Path:
+    """The run file of run ``run_id`` in ``queue_dir``."""
+    return Path(queue_dir) / RUNS_DIR / f"{run_id}.parquet"
+
+
+def rank_settings(queue: pa.Table) -> dict[str, Any]:
+    """What a rank run recorded in its queue table's metadata: ``run_id``, its options and the counts of rows read
+    and skipped."""
+    raw = (queue.schema.metadata or {}).get(RANK_METADATA_KEY.encode())
+    if raw is None:
+        raise ZoobotPipelineError(f"not a queue written by rank_catalogue: no {RANK_METADATA_KEY!r} metadata")
+    return json.loads(raw)
 
 
 def _file_metadata(path: Path) -> tuple[pa.Schema, dict[str, str]]:
     try:
         schema = pq.read_schema(path)
     except (OSError, pa.ArrowInvalid) as err:
-        raise ValueError(f"{path}: cannot read catalogue file: {err}") from err
+        raise ZoobotPipelineError(f"{path}: cannot read catalogue file: {err}") from err
     raw = schema.metadata or {}
     return schema, {k: raw[k.encode()].decode() for k in _METADATA_KEYS if k.encode() in raw}
 
@@ -108,11 +128,16 @@ def labelled_ids(votes: str | Path, schema: Schema, min_votes: int) -> pa.Array:
     return table.column("id_str").combine_chunks().filter(pa.array(total >= min_votes))
 
 
+def _run_files(queue_dir: Path) -> list[Path]:
+    """The run files of ``queue_dir``, oldest first."""
+    runs = queue_dir / RUNS_DIR
+    return sorted(p for p in runs.glob("*.parquet") if not p.name.startswith((".", "_"))) if runs.is_dir() else []
+
+
 def queued_ids(queue_dir: str | Path) -> pa.Array:
     """``id_str`` of every galaxy queued by earlier runs in ``queue_dir`` (empty for a new directory)."""
-    runs = Path(queue_dir) / RUNS_DIR
-    files = sorted(p for p in runs.glob("*.parquet") if not p.name.startswith((".", "_"))) if runs.is_dir() else []
-    arrays = [pq.read_table(p, columns=["id_str"]).column("id_str").combine_chunks() for p in files]
+    arrays = [pq.read_table(p, columns=["id_str"]).column("id_str").combine_chunks()
+              for p in _run_files(Path(queue_dir))]
     return pa.concat_arrays(arrays) if arrays else pa.array([], pa.string())
 
 
@@ -161,9 +186,9 @@ def _check_scored(batch: pa.RecordBatch, scores: np.ndarray, columns: Sequence[s
     for name in columns:
         value = batch.column(name)[i].as_py()
         if value is None or (isinstance(value, float) and not np.isfinite(value)):
-            raise ValueError(f"{path}: row {offset + int(rows[i])} (id_str {batch.column('id_str')[i]}): column "
-                             f"{name!r} is {value} in a row with no flag")
-    raise ValueError(f"{path}: row {offset + int(rows[i])}: acquisition score is not finite")
+            raise ZoobotPipelineError(f"{path}: row {offset + int(rows[i])} (id_str {batch.column('id_str')[i]}): "
+                                      f"column {name!r} is {value} in a row with no flag")
+    raise ZoobotPipelineError(f"{path}: row {offset + int(rows[i])}: acquisition score is not finite")
 
 
 def _magnitude_groups(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -200,8 +225,8 @@ class _Scan:
             ids = ids.cast(pa.string())
         if ids.null_count:
             row = pc.index(pc.is_null(ids), True).as_py()
-            raise ValueError(f"{path}: row {offset + row}: column 'id_str' is null")
-        scored = pc.is_null(batch.column("flag")).to_numpy(zero_copy_only=False)
+            raise ZoobotPipelineError(f"{path}: row {offset + row}: column 'id_str' is null")
+        scored = pc.is_null(batch.column(FLAG)).to_numpy(zero_copy_only=False)
         labelled = pc.is_in(ids, value_set=self.excluded_labelled).to_numpy(zero_copy_only=False) & scored
         queued = pc.is_in(ids, value_set=self.excluded_queued).to_numpy(zero_copy_only=False) & scored & ~labelled
         self.flagged += int((~scored).sum())
@@ -240,6 +265,7 @@ def rank_catalogue(
     min_votes: int = 3,
     schema: str | Schema | None = None,
     queue_dir: str | Path | None = None,
+    run_key: str | None = None,
     per_tile_quota: int | None = None,
     magnitude_bins: Sequence[float] | None = None,
     per_bin_quota: int | None = None,
@@ -250,82 +276,136 @@ def rank_catalogue(
 ) -> pa.Table:
     """Rank ``catalogue`` by ``acquisition`` and return the ``top_k`` most wanted galaxies (:data:`QUEUE_SCHEMA`).
 
+    ``acquisition`` names a registered function (:func:`~zoobot_pipeline.active.acquisition.available_acquisitions`).
     ``schema`` (name or :class:`Schema`) reads ``exclude_votes``; by default the catalogue's ``schema`` metadata.
-    With ``queue_dir`` the galaxies already queued there are skipped and the result is written there as a new run
-    (see the module docstring). Counts of what was read and skipped are in the table's schema metadata.
+    With ``queue_dir`` the galaxies already queued there are skipped and the result is written there as a new run,
+    created at ``created`` (default: when ranking ends). ``run_key`` (with ``queue_dir``) makes the run happen once:
+    under a key used before, the table of the run made then is returned (see the module docstring). What was read
+    and skipped is in the table's schema metadata (:func:`rank_settings`).
     """
-    if top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if per_tile_quota is not None and (magnitude_bins is not None or per_bin_quota is not None):
-        raise ValueError("use a per-tile quota or magnitude-bin quotas, not both")
-    if (magnitude_bins is None) != (per_bin_quota is None):
-        raise ValueError("magnitude bins and a per-bin quota go together: give both or neither")
-    quota = per_tile_quota if per_tile_quota is not None else per_bin_quota
-    if quota is not None and quota < 1:
-        raise ValueError(f"quotas must be at least 1, got {quota}")
-    edges = None
-    if magnitude_bins is not None:
-        edges = np.asarray(magnitude_bins, dtype=np.float64)
-        if edges.ndim != 1 or not len(edges) or not np.all(np.isfinite(edges)) or np.any(np.diff(edges) <= 0):
-            raise ValueError(f"magnitude bin edges must be finite and increasing, got {list(magnitude_bins)}")
+    quota, edges = _check_options(top_k, batch_size, per_tile_quota, magnitude_bins, per_bin_quota)
+    if run_key is not None and queue_dir is None:
+        raise ZoobotPipelineError(f"run_key {run_key!r} needs a queue directory to record its run in")
+    if run_key is not None and (not run_key or Path(run_key).name != run_key):
+        raise ZoobotPipelineError(f"run_key {run_key!r} must be usable as a file name (no '/')")
 
     files = catalogue_files(catalogue)
     first_schema, meta = _file_metadata(files[0])
-    questions = acq.catalogue_questions(first_schema)
-    if acquisition != "random" and not questions:
-        raise ValueError(f"{files[0]}: no {{question}}{acq.MI_SUFFIX} columns to compute {acquisition!r} from")
+    questions = catalogue_questions(first_schema)
+    if acq.get_acquisition(acquisition).per_question and not questions:
+        raise ZoobotPipelineError(f"{files[0]}: no {{question}}_{MUTUAL_INFORMATION} columns to compute "
+                                  f"{acquisition!r} from")
     score_columns = acq.required_columns(acquisition, questions)
     acq.resolve_weights(questions, weights)
     columns = list(dict.fromkeys([*_BASE_COLUMNS, *score_columns]))
     if edges is not None:
         columns.append(magnitude_column)
-
     excluded_labelled = pa.array([], pa.string())
     if exclude_votes is not None:
         name = schema if schema is not None else meta.get("schema")
         if name is None:
-            raise ValueError(f"{files[0]}: no 'schema' in the catalogue metadata; name the tree to read "
-                             f"{exclude_votes} with")
+            raise ZoobotPipelineError(f"{files[0]}: no 'schema' in the catalogue metadata; name the tree to read "
+                                      f"{exclude_votes} with")
         tree = name if isinstance(name, Schema) else get_schema(name)
         excluded_labelled = labelled_ids(exclude_votes, tree, min_votes)
-    excluded_queued = queued_ids(queue_dir) if queue_dir is not None else pa.array([], pa.string())
 
-    scan = _Scan(_Best(top_k, quota), acquisition, questions, weights, seed, score_columns, excluded_labelled,
-                 excluded_queued, edges, magnitude_column, per_tile_quota is not None)
-    for path in files:
-        file_schema, file_meta = _file_metadata(path)
-        for key in _METADATA_KEYS:
-            if file_meta.get(key) != meta.get(key):
-                raise ValueError(f"{path}: {key} {file_meta.get(key)!r} differs from {meta.get(key)!r} in "
-                                 f"{files[0]}; rank one model's catalogue of one release at a time")
-        missing = [c for c in columns if c not in file_schema.names]
-        if missing:
-            raise ValueError(f"{path}: missing catalogue column(s) {', '.join(missing)}")
-        offset = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns):
-            scan.offer(batch, path, offset)
-            offset += batch.num_rows
+    queue = Path(queue_dir) if queue_dir is not None else None
+    with file_lock(queue / LOCK_FILE, wait=True) if queue is not None else nullcontext():
+        if queue is not None and run_key is not None:
+            created = _key_created(queue, run_key, created)
+            earlier = run_file(queue, run_id_of(created))
+            if earlier.is_file():
+                return _earlier_run(queue, earlier)
+        excluded_queued = queued_ids(queue) if queue is not None else pa.array([], pa.string())
+        scan = _Scan(_Best(top_k, quota), acquisition, questions, weights, seed, score_columns, excluded_labelled,
+                     excluded_queued, edges, magnitude_column, per_tile_quota is not None)
+        for path in files:
+            _scan_file(scan, path, columns, batch_size, meta, files[0])
 
+        created = created or datetime.now(UTC)
+        run_id = run_id_of(created)
+        table = _queue_table(scan.best.rows, questions, acquisition, meta, created, run_id,
+                             magnitude_column if edges is not None else None)
+        if pc.count_distinct(table.column("id_str")).as_py() != table.num_rows:
+            twice = sorted(i for i, n in Counter(table.column("id_str").to_pylist()).items() if n > 1)
+            raise ZoobotPipelineError(f"{catalogue}: id_str {', '.join(twice[:5])} appear(s) in more than one "
+                                      "catalogue row")
+        settings: dict[str, Any] = {
+            "run_id": run_id, "catalogue": str(catalogue), "top_k": top_k, "acquisition": acquisition,
+            "weights": dict(weights or {}), "seed": seed, "per_tile_quota": per_tile_quota,
+            "per_bin_quota": per_bin_quota, "magnitude_bins": None if edges is None else edges.tolist(),
+            "magnitude_column": magnitude_column,
+            "exclude_votes": None if exclude_votes is None else str(exclude_votes), "min_votes": min_votes,
+            "rows_read": scan.rows, "skipped_flagged": scan.flagged, "skipped_labelled": scan.labelled,
+            "skipped_queued": scan.queued, "code_version": __version__, **meta,
+        }
+        table = table.replace_schema_metadata({RANK_METADATA_KEY: json.dumps(settings)})
+        if queue is not None:
+            _write_queue(table, queue, run_id)
+    return table
+
+
+def _check_options(top_k: int, batch_size: int, per_tile_quota: int | None, magnitude_bins: Sequence[float] | None,
+                   per_bin_quota: int | None) -> tuple[int | None, np.ndarray | None]:
+    """The quota (per tile or per bin) and the magnitude bin edges, or an error naming the bad option."""
+    if top_k < 1:
+        raise ZoobotPipelineError(f"top_k must be at least 1, got {top_k}")
+    if batch_size < 1:
+        raise ZoobotPipelineError(f"batch_size must be at least 1, got {batch_size}")
+    if per_tile_quota is not None and (magnitude_bins is not None or per_bin_quota is not None):
+        raise ZoobotPipelineError("use a per-tile quota or magnitude-bin quotas, not both")
+    if (magnitude_bins is None) != (per_bin_quota is None):
+        raise ZoobotPipelineError("magnitude bins and a per-bin quota go together: give both or neither")
+    quota = per_tile_quota if per_tile_quota is not None else per_bin_quota
+    if quota is not None and quota < 1:
+        raise ZoobotPipelineError(f"quotas must be at least 1, got {quota}")
+    if magnitude_bins is None:
+        return quota, None
+    edges = np.asarray(magnitude_bins, dtype=np.float64)
+    if edges.ndim != 1 or not len(edges) or not np.all(np.isfinite(edges)) or np.any(np.diff(edges) <= 0):
+        raise ZoobotPipelineError(f"magnitude bin edges must be finite and increasing, got {list(magnitude_bins)}")
+    return quota, edges
+
+
+def _scan_file(scan: _Scan, path: Path, columns: list[str], batch_size: int, meta: dict[str, str],
+               first: Path) -> None:
+    """Offer every batch of catalogue file ``path`` to ``scan``, after checking it has the columns and the model and
+    release (``meta``) of the ``first`` file."""
+    file_schema, file_meta = _file_metadata(path)
+    for key in _METADATA_KEYS:
+        if file_meta.get(key) != meta.get(key):
+            raise ZoobotPipelineError(f"{path}: {key} {file_meta.get(key)!r} differs from {meta.get(key)!r} in "
+                                      f"{first}; rank one model's catalogue of one release at a time")
+    missing = [c for c in columns if c not in file_schema.names]
+    if missing:
+        raise ZoobotPipelineError(f"{path}: missing catalogue column(s) {', '.join(missing)}")
+    offset = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns):
+        scan.offer(batch, path, offset)
+        offset += batch.num_rows
+
+
+def _key_created(queue_dir: Path, run_key: str, created: datetime | None) -> datetime:
+    """When the run under ``run_key`` was created: as its key file records, or else ``created`` (default now),
+    recorded now."""
+    for keys_dir in (KEYS_DIR, _FLOW_KEYS_DIR):
+        key_file = queue_dir / keys_dir / f"{run_key}.json"
+        if key_file.is_file():
+            try:
+                return datetime.fromisoformat(json.loads(key_file.read_text())["created"])
+            except (ValueError, KeyError, TypeError) as err:
+                raise ZoobotPipelineError(f"{key_file}: not a run-key file ({err!r})") from err
     created = created or datetime.now(UTC)
-    run_id = created.astimezone(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    table = _queue_table(scan.best.rows, questions, acquisition, meta, created, run_id,
-                         magnitude_column if edges is not None else None)
-    if pc.count_distinct(table.column("id_str")).as_py() != table.num_rows:
-        twice = sorted(i for i, n in Counter(table.column("id_str").to_pylist()).items() if n > 1)
-        raise ValueError(f"{catalogue}: id_str {', '.join(twice[:5])} appear(s) in more than one catalogue row")
-    settings: dict[str, Any] = {
-        "run_id": run_id, "catalogue": str(catalogue), "top_k": top_k, "acquisition": acquisition,
-        "weights": dict(weights or {}), "seed": seed, "per_tile_quota": per_tile_quota, "per_bin_quota": per_bin_quota,
-        "magnitude_bins": None if edges is None else edges.tolist(), "magnitude_column": magnitude_column,
-        "exclude_votes": None if exclude_votes is None else str(exclude_votes), "min_votes": min_votes,
-        "rows_read": scan.rows, "skipped_flagged": scan.flagged, "skipped_labelled": scan.labelled,
-        "skipped_queued": scan.queued, "code_version": __version__, **meta,
-    }
-    table = table.replace_schema_metadata({"zoobot_pipeline.rank": json.dumps(settings)})
-    if queue_dir is not None:
-        _write_queue(table, Path(queue_dir), run_id)
+    write_json_atomic({"run_key": run_key, "created": created.isoformat()}, queue_dir / KEYS_DIR / f"{run_key}.json")
+    return created
+
+
+def _earlier_run(queue_dir: Path, path: Path) -> pa.Table:
+    """The queue of an earlier run; ``queue.parquet`` is re-written from it if it is the latest run (a run killed
+    between its run file and ``queue.parquet`` left the older queue there)."""
+    table = pq.read_table(path)
+    if path == _run_files(queue_dir)[-1]:
+        write_parquet_atomic(table, queue_dir / QUEUE_FILE)
     return table
 
 
@@ -359,8 +439,8 @@ def _queue_table(rows: dict[str, np.ndarray] | None, questions: list[str], acqui
 
 
 def _write_queue(table: pa.Table, queue_dir: Path, run_id: str) -> None:
-    run_path = queue_dir / RUNS_DIR / f"{run_id}.parquet"
+    run_path = run_file(queue_dir, run_id)
     if run_path.exists():
-        raise ValueError(f"{run_path}: a run with this id already exists")
+        raise ZoobotPipelineError(f"{run_path}: a run with this id already exists")
     write_parquet_atomic(table, run_path)
     write_parquet_atomic(table, queue_dir / QUEUE_FILE)

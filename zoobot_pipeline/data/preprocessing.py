@@ -19,18 +19,26 @@ Steps, in order, for a cutout of shape ``(n_bands, H, W)``:
    bilinear filter, which averages over the source footprint when shrinking (anti-aliased) and is deterministic.
 
 Output: float32 ``(C, input_size, input_size)`` in [0, 1].
+
+Named presets (:func:`preset`, :func:`available_presets`, :func:`register_preset`) are the configurations a command
+line or a flow can ask for by name: ``gz_decals``, ``euclid`` and ``from_images`` are built in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["CutoutSizing", "PreprocessingConfig", "preprocess", "preprocess_batch", "resize_channels"]
+from zoobot_pipeline.errors import check_name
+
+__all__ = [
+    "CutoutSizing", "PreprocessingConfig", "PresetFactory", "available_presets", "preprocess", "preprocess_batch",
+    "preset", "register_preset", "resize_channels",
+]
 
 # Legacy Survey DR2-style divisors (nanomaggies) and limits used for GZ DECaLS subject images.
 _GZ_DECALS_SCALES = (0.008, 0.014, 0.019)
@@ -174,6 +182,31 @@ class PreprocessingConfig(BaseModel):
             crop_fraction=crop_fraction,
             input_size=input_size,
         )
+
+
+PresetFactory = Callable[..., PreprocessingConfig]
+"""Makes a preset's configuration; called with ``input_size=`` (pixels)."""
+
+_PRESETS: dict[str, PresetFactory] = {
+    "gz_decals": PreprocessingConfig.gz_decals,
+    "euclid": PreprocessingConfig.euclid,
+    "from_images": PreprocessingConfig.from_images,
+}
+
+
+def register_preset(name: str, factory: PresetFactory) -> None:
+    """Make ``factory(input_size=...)`` available as the preset ``name`` (replacing one of that name)."""
+    _PRESETS[name] = factory
+
+
+def available_presets() -> tuple[str, ...]:
+    """Names accepted by :func:`preset`, in registration order."""
+    return tuple(_PRESETS)
+
+
+def preset(name: str, input_size: int = 224) -> PreprocessingConfig:
+    """The preset ``name`` at ``input_size`` pixels; :class:`~zoobot_pipeline.errors.UnknownNameError` if unknown."""
+    return _PRESETS[check_name(name, available_presets(), "preprocessing preset")](input_size=input_size)
 
 
 def _select_bands(data: np.ndarray, config: PreprocessingConfig, bands: Sequence[str] | None) -> np.ndarray:

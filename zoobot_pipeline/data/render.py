@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -25,9 +26,13 @@ from zoobot_pipeline.data.preprocessing import PreprocessingConfig, preprocess
 from zoobot_pipeline.io import atomic_path
 
 __all__ = [
-    "MAX_IMAGE_BYTES", "composite_config", "contact_sheet", "encode_image", "render_image", "render_rgb", "write_image",
+    "IMAGE_FORMATS", "MAX_IMAGE_BYTES", "ImageFormat", "composite_config", "contact_sheet", "encode_image",
+    "render_image", "render_rgb", "write_image",
 ]
 
+ImageFormat = Literal["png", "jpeg"]
+IMAGE_FORMATS: tuple[str, ...] = get_args(ImageFormat)
+"""Image formats of rendered files (:func:`encode_image` also takes ``jpg`` for ``jpeg``)."""
 MAX_IMAGE_BYTES = 1024 * 1024
 # Pillow save options per format, tried in order until the file fits: PNG zlib level 4 then 9, JPEG falling quality.
 _PNG = ("PNG", [{"compress_level": level} for level in (4, 9)])
@@ -74,7 +79,7 @@ def encode_image(rgb: np.ndarray, fmt: str = "png", max_bytes: int = MAX_IMAGE_B
     (lowering quality until it fits)."""
     fmt = fmt.lower()
     if fmt not in _ENCODINGS:
-        raise ValueError(f"unsupported image format {fmt!r} (png or jpeg)")
+        raise ValueError(f"unsupported image format {fmt!r} ({' or '.join(IMAGE_FORMATS)})")
     name, attempts = _ENCODINGS[fmt]
     image = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8))
     for options in attempts:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from zoobot_pipeline import __version__
+from zoobot_pipeline._version import __version__
 from zoobot_pipeline.errors import ExportError, PackageError, ZoobotPipelineError, check_name
 from zoobot_pipeline.io import atomic_directory, file_sha256
 from zoobot_pipeline.models.backend import ExportedGraph, checkpoint_backend
@@ -26,7 +26,7 @@ from zoobot_pipeline.runtime.package import (
     MODEL_JSON,
     OUTPUT_NAMES,
     PACKAGE_FORMAT,
-    PRECISION_VARIANTS,
+    REDUCED_PRECISIONS,
     VARIANT_FILES,
     ModelPackage,
 )
@@ -36,7 +36,6 @@ from zoobot_pipeline.schemas import schema_from_dict
 __all__ = ["ExportError", "ModelPackage", "PackageError", "export_package"]
 
 FP32_FILE = VARIANT_FILES["fp32"]
-REDUCED_PRECISIONS = tuple(variant for variant in PRECISION_VARIANTS if variant != "fp32")
 
 
 def _parity(graph: ExportedGraph, onnx_path: Path, mc_samples: int, rtol: float, seed: int) -> dict[str, Any]:

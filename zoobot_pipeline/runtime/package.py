@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
-from zoobot_pipeline.data.release import Release
 from zoobot_pipeline.errors import PackageError, check_name
 from zoobot_pipeline.io import file_sha256
 from zoobot_pipeline.schemas import Schema, schema_from_dict
 
+if TYPE_CHECKING:
+    from zoobot_pipeline.data.release import Release
+
 __all__ = [
-    "INPUT_NAMES", "MODEL_JSON", "OUTPUT_NAMES", "PACKAGE_FORMAT", "PRECISION_VARIANTS", "TASKS", "VARIANT_FILES",
+    "INPUT_NAMES", "MODEL_JSON", "OUTPUT_NAMES", "PACKAGE_FORMAT", "PRECISION_VARIANTS", "REDUCED_PRECISIONS", "TASKS",
+    "VARIANT_FILES",
     "ModelPackage", "PackageError", "Task",
 ]
 
@@ -38,6 +41,7 @@ OUTPUT_NAMES = ("outputs", "features")
 VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
 PRECISION_VARIANTS: tuple[str, ...] = tuple(VARIANT_FILES)
 """Precision variants a package may hold; ``fp32`` is always there, the others are optional."""
+REDUCED_PRECISIONS: tuple[str, ...] = tuple(variant for variant in PRECISION_VARIANTS if variant != "fp32")
 
 
 class ModelPackage:

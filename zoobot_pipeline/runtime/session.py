@@ -9,27 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, get_args
 
 import numpy as np
 import onnxruntime as ort
 
 from zoobot_pipeline.errors import UnavailableError, check_name
 from zoobot_pipeline.io import blake2b64
+from zoobot_pipeline.runtime.devices import DEVICES, PROVIDERS, Device
 from zoobot_pipeline.runtime.package import ModelPackage
 
 __all__ = [
     "DEVICES", "PROVIDERS", "Device", "PackageSession", "check_device", "dropout_masks", "galaxy_seeds", "make_session",
 ]
-
-Device = Literal["cpu", "cuda", "tensorrt"]
-DEVICES: tuple[str, ...] = get_args(Device)
-PROVIDERS: dict[str, list[str]] = {
-    "cpu": ["CPUExecutionProvider"],
-    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
-}
-
 
 def check_device(device: str) -> list[str]:
     """The providers to request for ``device``; a clear error when this onnxruntime build lacks the first one."""

@@ -83,11 +83,6 @@ class Schema:
     def n_answers(self) -> int:
         return sum(len(q.answers) for q in self.questions)
 
-    @property
-    def question_index_ranges(self) -> list[tuple[int, int]]:
-        """``(start, stop)`` of each question's answers in ``label_cols`` (stop exclusive)."""
-        return [(q.start, q.stop) for q in self.questions]
-
     def question(self, name: str) -> Question:
         try:
             return self._by_question[name]

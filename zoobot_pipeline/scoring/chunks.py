@@ -80,7 +80,7 @@ class PreparedChunk:
 
     In-process the images stay a list and are stacked one model batch at a time: a whole chunk stacked at once is
     larger than the allocator reuses, and faulting in fresh pages for every chunk cost more than the cutting itself
-    (0.26 s of 0.56 s for 200 galaxies at 224 px, measured in this VM).
+    (see ``benchmarks/README.md``).
     """
 
     rows: pa.Table

@@ -20,16 +20,14 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from zoobot_pipeline import __version__
+from zoobot_pipeline._version import __version__
 from zoobot_pipeline.catalogue import (
     CATALOGUE_JSON,
     FAILURES_FILE,
@@ -46,6 +44,7 @@ from zoobot_pipeline.catalogue import (
 from zoobot_pipeline.data.release import Release
 from zoobot_pipeline.errors import ScoringError
 from zoobot_pipeline.io import exclusive_lock
+from zoobot_pipeline.progress import progress_bar
 from zoobot_pipeline.runtime.package import ModelPackage
 from zoobot_pipeline.runtime.session import check_device
 from zoobot_pipeline.scoring.chunks import (
@@ -135,18 +134,6 @@ def _clear(out_dir: Path, overwrite: bool) -> None:
     if overwrite:
         for path in [*part_files(out_dir), out_dir / FAILURES_FILE, out_dir / CATALOGUE_JSON]:
             path.unlink(missing_ok=True)
-
-
-@contextmanager
-def _progress(enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
-    if not enabled:
-        yield lambda n: None
-        return
-    columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("galaxies"), TimeElapsedColumn(),
-               TimeRemainingColumn())
-    with Progress(*columns) as bar:
-        task = bar.add_task("scoring", total=total)
-        yield lambda n: bar.advance(task, n)
 
 
 def _local_chunks(jobs: list[TileJob], scorer: ChunkScorer, config: ChunkConfig,
@@ -271,7 +258,7 @@ def score_release(release_dir: str | Path, package_dir: str | Path, out_dir: str
                                 workers=workers, gpus_per_worker=gpus_per_worker)
         else:
             chunks = _local_chunks(jobs, ChunkScorer(package, **scorer_options), config, chunk_size)
-        with _progress(progress, sum(job.sources.num_rows for job in jobs)) as advance:
+        with progress_bar(progress, sum(job.sources.num_rows for job in jobs), "scoring", "galaxies") as advance:
             nodes: Counter = Counter()
             failures = _write_tiles(chunks, jobs, out_dir, metadata, advance, nodes)
         write_failures(out_dir, failures)

@@ -22,7 +22,8 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from zoobot_pipeline.errors import PackageError, ScoringError
+from zoobot_pipeline.errors import PackageError, ScoringError, UnavailableError
+from zoobot_pipeline.raycluster import ray_cluster
 from zoobot_pipeline.runtime.package import ModelPackage
 from zoobot_pipeline.runtime.session import check_device
 from zoobot_pipeline.scoring.chunks import (
@@ -114,11 +115,12 @@ def pool_size(resources: dict[str, float], workers: int | None, gpus_per_worker:
     if gpus_per_worker > 0:
         size = workers or int(gpus // gpus_per_worker)
         if size < 1 or size * gpus_per_worker > gpus:
-            raise ValueError(f"{size or 1} actor(s) x {gpus_per_worker:g} GPU do not fit the cluster's {gpus:g} GPU(s)")
+            raise UnavailableError(f"{size or 1} actor(s) x {gpus_per_worker:g} GPU do not fit the cluster's "
+                                   f"{gpus:g} GPU(s)")
     else:
         size = workers or max(1, int(cpus // 2))
     if size * ACTOR_CPUS + 1 > cpus:
-        raise ValueError(f"{size} actor(s) x {ACTOR_CPUS} CPU plus one read task need more than the cluster's "
+        raise UnavailableError(f"{size} actor(s) x {ACTOR_CPUS} CPU plus one read task need more than the cluster's "
                          f"{cpus:g} CPU(s); use fewer workers")
     return size
 
@@ -128,10 +130,7 @@ def ray_chunks(jobs: list[TileJob], package: ModelPackage, config: ChunkConfig, 
                gpus_per_worker: float = 0.0) -> Iterator[ScoredChunk]:
     """Scored chunks of ``jobs`` in order, computed on Ray Data (connects to ``ray_address``, or starts a local Ray,
     unless Ray is already initialised; a Ray started here is shut down at the end)."""
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=ray_address, include_dashboard=False, log_to_driver=False)
-    try:
+    with ray_cluster(ray_address, include_dashboard=False, log_to_driver=False):
         size = pool_size(ray.cluster_resources(), workers, gpus_per_worker)
         device = options.get("device", "cpu")
         if device != "cpu":
@@ -159,6 +158,3 @@ def ray_chunks(jobs: list[TileJob], package: ModelPackage, config: ChunkConfig, 
         for row in scored.iter_rows():
             yield ScoredChunk(row["tile_id"], row["chunk"], row["n_chunks"], _from_ipc(row["table"]),
                               row["tile_error"], row["node"])
-    finally:
-        if started:
-            ray.shutdown()

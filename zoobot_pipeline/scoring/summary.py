@@ -21,7 +21,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from zoobot_pipeline.catalogue import FAILURES_FILE, part_files, part_metadata, read_summary_json
+from zoobot_pipeline.catalogue import (
+    ACQUISITION,
+    CLASS_PREFIX,
+    FAILURES_FILE,
+    FRACTION_SUFFIX,
+    PREDICTED,
+    STD_SUFFIX,
+    TILES_DIR,
+    catalogue_questions,
+    part_files,
+    part_metadata,
+    read_summary_json,
+)
+from zoobot_pipeline.errors import ZoobotPipelineError
 
 __all__ = ["QUANTILES", "CatalogueSummary", "Distribution", "key_columns", "summarize_catalogue"]
 
@@ -65,26 +78,23 @@ class CatalogueSummary:
 
     def label(self, column: str) -> str:
         """A short row label: the answer for the first question's fractions, else the column name."""
-        if self.first_question and column.endswith("_fraction"):
-            return column.removeprefix(f"{self.first_question}_").removesuffix("_fraction")
+        if self.first_question and column.endswith(FRACTION_SUFFIX):
+            return column.removeprefix(f"{self.first_question}_").removesuffix(FRACTION_SUFFIX)
         return column
-
-
-def _questions(schema: pa.Schema) -> list[str]:
-    return [n.removesuffix("_mutual_information") for n in schema.names if n.endswith("_mutual_information")]
 
 
 def key_columns(schema: pa.Schema) -> list[str]:
     """The columns whose distribution a summary shows (see the module docstring)."""
     names = schema.names
-    questions = _questions(schema)
+    questions = catalogue_questions(schema)
     if questions:
-        keys = [n for n in names if n.startswith(f"{questions[0]}_") and n.endswith("_fraction")]
-    elif "predicted" in names:
-        keys = [n for n in names if n.startswith("p_")]
+        keys = [n for n in names if n.startswith(f"{questions[0]}_") and n.endswith(FRACTION_SUFFIX)]
+    elif PREDICTED in names:
+        keys = [n for n in names if n.startswith(CLASS_PREFIX)]
     else:
-        keys = [n[: -len("_std")] for n in names if n.endswith("_std") and n[: -len("_std")] in names]
-    return keys + (["acquisition"] if "acquisition" in names else [])
+        keys = [n.removesuffix(STD_SUFFIX) for n in names
+                if n.endswith(STD_SUFFIX) and n.removesuffix(STD_SUFFIX) in names]
+    return keys + ([ACQUISITION] if ACQUISITION in names else [])
 
 
 def _stream(files: list[Path], columns: list[str]) -> Iterator[pa.Table]:
@@ -119,13 +129,13 @@ def summarize_catalogue(path: str | Path, bins: int = 1000) -> CatalogueSummary:
     path = Path(path)
     files = part_files(path)
     if not files:
-        raise FileNotFoundError(f"{path}: not a scored catalogue (no part files under {path / 'tiles'})")
+        raise FileNotFoundError(f"{path}: not a scored catalogue (no part files under {path / TILES_DIR})")
     n_sources, n_scored, flagged = 0, 0, Counter()
     metadata: dict[str, str] = {}
     for file in files:
         meta = part_metadata(file)
         if "counts" not in meta:
-            raise ValueError(f"{file}: not a catalogue part file (no 'counts' metadata)")
+            raise ZoobotPipelineError(f"{file}: not a catalogue part file (no 'counts' metadata)")
         counts = json.loads(meta["counts"])
         n_sources += counts["sources"]
         n_scored += counts["scored"]
@@ -134,7 +144,7 @@ def summarize_catalogue(path: str | Path, bins: int = 1000) -> CatalogueSummary:
     failures_path = path / FAILURES_FILE
     failures = pq.read_table(failures_path).to_pylist() if failures_path.is_file() else []
     schema = pq.read_schema(files[0])
-    questions = _questions(schema)
+    questions = catalogue_questions(schema)
     return CatalogueSummary(path, metadata, len(files), n_sources, n_scored, dict(flagged), failures,
                             _distributions(files, key_columns(schema), bins), questions[0] if questions else None,
                             read_summary_json(path))

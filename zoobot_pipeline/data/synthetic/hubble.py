@@ -22,7 +22,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from scipy import ndimage
 
-from zoobot_pipeline import __version__
+from zoobot_pipeline._version import __version__
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
 from zoobot_pipeline.io import atomic_path, write_json_atomic, write_parquet_atomic
 

@@ -26,9 +26,7 @@ brightness against the sky noise; 1 for stars and artifacts).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,7 +38,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from scipy.signal import fftconvolve
 
-from zoobot_pipeline import __version__
+from zoobot_pipeline._version import __version__
 from zoobot_pipeline.data.synthetic.morphology import (
     KINDS,
     SurveyConditions,
@@ -53,6 +51,7 @@ from zoobot_pipeline.data.synthetic.morphology import (
 )
 from zoobot_pipeline.data.synthetic.volunteers import answer_probabilities, simulate_votes
 from zoobot_pipeline.io import atomic_path, write_json_atomic, write_parquet_atomic
+from zoobot_pipeline.progress import progress_bar
 from zoobot_pipeline.schemas import Schema, get_schema
 
 __all__ = ["default_tile_size", "simulate_release", "tile_wcs"]
@@ -188,18 +187,6 @@ def _nullable(values: np.ndarray) -> list[Any]:
     return [None if v is None else str(v) for v in values]
 
 
-@contextmanager
-def _progress(enabled: bool, total: int) -> Iterator[Any]:
-    if not enabled:
-        yield lambda: None
-        return
-    from rich.progress import Progress
-
-    with Progress() as bar:
-        task = bar.add_task("rendering tiles", total=total)
-        yield lambda: bar.advance(task)
-
-
 def _validate(n_galaxies: int, n_tiles: int, labelled_fraction: float, n_volunteers: float, schema: str,
               tile_size: int | None, workers: int) -> Schema:
     if isinstance(n_galaxies, bool) or not isinstance(n_galaxies, int | np.integer) or n_galaxies < 1:
@@ -261,7 +248,7 @@ def simulate_release(out_dir: str | Path, n_galaxies: int, n_tiles: int = 1, sch
                              truth=[rows[i] for i in members], conditions=conditions))
 
     band_flux = np.zeros((n, len(conditions.bands)))
-    with _progress(progress, len(jobs)) as advance:
+    with progress_bar(progress, len(jobs), "rendering tiles", "tiles") as advance:
         if workers > 1 and len(jobs) > 1:
             with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
                 for job, fluxes in zip(jobs, pool.map(_render_tile, jobs), strict=True):

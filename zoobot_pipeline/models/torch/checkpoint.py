@@ -19,8 +19,9 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from zoobot_pipeline import __version__
+from zoobot_pipeline._version import __version__
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
+from zoobot_pipeline.errors import ZoobotPipelineError
 from zoobot_pipeline.io import atomic_directory, file_sha256
 from zoobot_pipeline.models.checkpoint import CHECKPOINT_JSON, read_checkpoint_json
 from zoobot_pipeline.models.config import FinetuneConfig, ModelConfig, TrainingConfig
@@ -32,6 +33,7 @@ __all__ = ["CHECKPOINT_FORMAT", "WEIGHTS_FILE", "load_checkpoint", "save_checkpo
 
 CHECKPOINT_FORMAT = "zoobot-pipeline-checkpoint/1"
 WEIGHTS_FILE = "model.safetensors"
+_LEGACY_PREFIXES = {"backbone.": "encoder.", "dirichlet_head.": "head."}
 
 
 def _model_meta(model: ZoobotModel | FinetuneModel) -> dict[str, Any]:
@@ -76,10 +78,10 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
     directory = Path(directory)
     meta = read_checkpoint_json(directory)
     if meta.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{directory}: unsupported checkpoint format {meta.get('format')!r}")
+        raise ZoobotPipelineError(f"{directory}: unsupported checkpoint format {meta.get('format')!r}")
     weights_path = directory / meta["weights"]["file"]
     if file_sha256(weights_path) != meta["weights"]["sha256"]:
-        raise ValueError(f"{weights_path}: sha256 does not match {CHECKPOINT_JSON}")
+        raise ZoobotPipelineError(f"{weights_path}: sha256 does not match {CHECKPOINT_JSON}")
     source = str(directory / CHECKPOINT_JSON)
     schema = schema_from_dict(meta["schema"], source=source) if meta["schema"] is not None else None
     config = ModelConfig.model_validate(meta["model"])
@@ -91,5 +93,17 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
         model = FinetuneModel(encoder, head, finetune_config, config, schema, meta["class_names"])
     else:
         model = ZoobotModel(config, schema)
-    model.load_state_dict(load_file(str(weights_path), device=str(map_location)))
+    model.load_state_dict(_current_names(load_file(str(weights_path), device=str(map_location))))
     return model.eval()
+
+
+def _current_names(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights of pretrained checkpoints written before ``ZoobotModel`` named its parts ``encoder`` and ``head``
+    (``backbone.*``, ``dirichlet_head.*``) under today's names; others unchanged."""
+    renamed = {}
+    for name, tensor in weights.items():
+        for old, new in _LEGACY_PREFIXES.items():
+            if name.startswith(old):
+                name = new + name.removeprefix(old)
+        renamed[name] = tensor
+    return renamed

@@ -29,6 +29,7 @@ from zoobot_pipeline.models.config import DistributedConfig
 from zoobot_pipeline.models.job import TrainingJob
 from zoobot_pipeline.models.torch.loop import run_training
 from zoobot_pipeline.models.torch.state import MODEL_DIR, export_model
+from zoobot_pipeline.raycluster import ray_cluster
 
 __all__ = ["RaySession", "check_cluster", "train_with_ray"]
 
@@ -100,11 +101,7 @@ def train_with_ray(job: TrainingJob, out_dir: str | Path, distributed: Distribut
     a local cluster (shut down afterwards).
     """
     out_dir = Path(out_dir).resolve()
-    started = False
-    if not ray.is_initialized():
-        ray.init(address=distributed.ray_address, log_to_driver=not quiet)
-        started = True
-    try:
+    with ray_cluster(distributed.ray_address, log_to_driver=not quiet):
         check_cluster(distributed)
         use_gpu = distributed.gpus_per_worker > 0
         resources = {"CPU": distributed.cpus_per_worker}
@@ -133,6 +130,3 @@ def train_with_ray(job: TrainingJob, out_dir: str | Path, distributed: Distribut
         with best.as_directory() as directory:
             export_model(Path(directory) / MODEL_DIR, out_dir, result.return_value)
         return out_dir
-    finally:
-        if started:
-            ray.shutdown()

@@ -59,8 +59,7 @@ def _head_parts(model: nn.Module) -> tuple[nn.Module, nn.Linear, float, str]:
             return model.encoder, head.linear, head.dropout_rate, model.task
         dropout, linear = head[0], head[1]
         return model.encoder, linear, float(dropout.p), model.task
-    head = model.dirichlet_head
-    return model.backbone, head.linear, head.dropout_rate, "dirichlet"
+    return model.encoder, model.head.linear, model.head.dropout_rate, "dirichlet"
 
 
 def export_onnx(checkpoint_dir: str | Path, onnx_path: str | Path) -> ExportedGraph:

@@ -51,7 +51,7 @@ def build_finetune_model(base: str | Path | ModelConfig, config: FinetuneConfig,
         pretrained = load_checkpoint(base)
         if not isinstance(pretrained, ZoobotModel):
             raise ZoobotPipelineError(f"{base}: finetuning starts from a pretrained checkpoint, not a finetuned one")
-        encoder, base_config = pretrained.backbone, pretrained.config
+        encoder, base_config = pretrained.encoder, pretrained.config
     schema = finetune_schema(config)
     head = finetune_head(config, encoder.num_features, schema, class_names)
     return FinetuneModel(encoder, head, config, base_config, schema, class_names)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,6 +35,7 @@ from zoobot_pipeline.models.torch.state import (
     save_training_state,
 )
 from zoobot_pipeline.models.torch.train import loss_sum, make_optimizer, make_scheduler, train_one_epoch
+from zoobot_pipeline.progress import progress_bar
 
 __all__ = ["LocalSession", "TrainingSession", "run_training", "train_task"]
 
@@ -94,18 +95,6 @@ class LocalSession:
                 export_model(write_state(Path(tmp)) / MODEL_DIR, self.out_dir)
 
 
-@contextmanager
-def _progress(enabled: bool, total_steps: int) -> Iterator[Callable[[], None]]:
-    if not enabled:
-        yield lambda: None
-        return
-    from rich.progress import Progress
-
-    with Progress(transient=False) as bar:
-        task = bar.add_task("training", total=total_steps)
-        yield lambda: bar.advance(task)
-
-
 def _loaders(task: TrainingTask, config: TrainingConfig,
              session: TrainingSession) -> tuple[DataLoader, DataLoader, DistributedSampler, GalaxyDataset]:
     data = task.data
@@ -155,7 +144,7 @@ def train_task(task: TrainingTask, config: TrainingConfig, preprocessing: Prepro
                                    summary())
 
     remaining = config.epochs - progress.epoch - 1
-    with _progress(not quiet and session.rank == 0, remaining * len(train_loader)) as advance:
+    with progress_bar(not quiet and session.rank == 0, remaining * len(train_loader), "training", "steps") as advance:
         for epoch in range(progress.epoch + 1, config.epochs):
             if progress.best_epoch >= 0 and progress.epoch - progress.best_epoch >= config.patience:
                 break

@@ -60,7 +60,9 @@ class DirichletHead(nn.Module):
 
 
 class ZoobotModel(nn.Module):
-    """Backbone plus Dirichlet head; ``forward`` returns concentrations ``(batch, n_answers)``."""
+    """An ``encoder`` (timm backbone, pooled features) and a Dirichlet ``head``, as in
+    :class:`~zoobot_pipeline.models.torch.finetune.FinetuneModel`; ``forward`` returns concentrations
+    ``(batch, n_answers)``."""
 
     def __init__(self, config: ModelConfig, schema: Schema) -> None:
         super().__init__()
@@ -68,23 +70,15 @@ class ZoobotModel(nn.Module):
             raise ValueError(f"schema {schema.name!r} does not match the config's {config.schema_name!r}")
         self.config = config
         self.schema = schema
-        self.backbone = create_backbone(config)
-        self.dirichlet_head = DirichletHead(self.backbone.num_features, schema.n_answers, config.dropout_rate)
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled backbone features ``(batch, n_features)``."""
-        return self.backbone(x)
-
-    def head(self, features: torch.Tensor, mc_samples: int | None = None) -> torch.Tensor:
-        """Concentrations from features; see :meth:`DirichletHead.forward`."""
-        return self.dirichlet_head(features, mc_samples)
+        self.encoder = create_backbone(config)
+        self.head = DirichletHead(self.encoder.num_features, schema.n_answers, config.dropout_rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encode(x))
+        return self.head(self.encoder(x))
 
     def mc_forward(self, x: torch.Tensor, mc_samples: int) -> torch.Tensor:
         """``mc_samples`` dropout samples of the concentrations, ``(batch, mc_samples, n_answers)``, encoding once."""
-        return self.head(self.encode(x), mc_samples)
+        return self.head(self.encoder(x), mc_samples)
 
 
 def build_model(config: ModelConfig, schema: Schema | None = None) -> ZoobotModel:

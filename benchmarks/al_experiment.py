@@ -1,17 +1,14 @@
-"""Active-learning rounds, and the label-efficiency experiment that compares acquisition functions with them.
+"""The label-efficiency experiment: active-learning rounds on a simulated release, one curve per acquisition function.
 
-A round, as the production loop runs it, is made of the library's own pieces:
+A round is the production cycle's (:mod:`zoobot_pipeline.cycle`) with the volunteers simulated:
+:func:`run_round` ranks the latest model's catalogue with an acquisition function into the queue directory
+(``rank_catalogue``), skipping galaxies that had votes when the experiment started (``known_votes``), flagged cutouts,
+and every galaxy an earlier round queued (the queue's history); gets the queued galaxies' votes from the simulated
+volunteers (:func:`reveal_votes`); merges them into the labelled set (``merge_votes``); and retrains and rescores with
+:func:`zoobot_pipeline.cycle.train_and_score` (finetune -> export the ONNX package -> score the whole release).
 
-1. :func:`train_and_score`: finetune on the labelled votes (from a pretrained checkpoint, or from scratch), export
-   the model as an ONNX package, and score the whole release into a catalogue (``score_release``).
-2. :func:`run_round`: rank that catalogue with an acquisition function into the queue directory (``rank_catalogue``),
-   skipping galaxies that had votes when the loop started (``known_votes``), flagged cutouts, and every galaxy any
-   earlier round queued (the queue's history); get the queued galaxies' votes (from Galaxy Zoo in production, from the
-   simulated volunteers with :func:`reveal_votes` in the experiment); merge them into the labelled set
-   (``merge_votes``); train and score again.
-
-The label-efficiency experiment (:func:`run_experiment`), on a simulated release where every source has simulated
-volunteer votes (``labelled_fraction=1``; a galaxy's votes are used only once it is acquired) and a known truth:
+:func:`run_experiment`, on a simulated release where every source has simulated volunteer votes
+(``labelled_fraction=1``; a galaxy's votes are used only once it is acquired) and a known truth:
 
 - Splits, per seed: ``n_test`` galaxies drawn at random are the test set, never trained on and never acquired (they
   are in ``known_votes``); ``n_initial`` more drawn at random are the initial labelled set; the rest is the pool.
@@ -36,8 +33,8 @@ volunteer votes (``labelled_fraction=1``; a galaxy's votes are used only once it
   on random labels: test NLL 33.9 with 100 labels, 33.0 with 300, 32.3 with 500 (constant model 33.0-33.2; the
   pretrained model itself 32.1): labels matter over the whole range the experiment covers.
 - Sizes (the benchmark's defaults): 500 test galaxies, 100 initial, K = 100 per round, 4 rounds (100 -> 500 labels),
-  a pool of 2000, 3 seeds: 27 finetune + export + score rounds after the pretraining, about 55 CPU-minutes (about
-  30 minutes on 2 otherwise idle cores).
+  a pool of 2000, 3 seeds: 27 finetune + export + score rounds after the pretraining (run times in
+  ``benchmarks/README.md``).
 
 Output of :func:`run_experiment` (every file replaced atomically after every round, so a killed run keeps what it
 measured): ``results.parquet`` (one row per seed, strategy and round; :data:`RESULT_COLUMNS`), ``acquired.parquet``
@@ -49,11 +46,10 @@ function picks) and ``experiment.json`` (the configuration and the splits' sizes
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -62,22 +58,21 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from zoobot_pipeline import __version__
-from zoobot_pipeline.active.acquisition import ACQUISITION_FUNCTIONS
+from zoobot_pipeline.active.acquisition import available_acquisitions
 from zoobot_pipeline.active.ranking import rank_catalogue
 from zoobot_pipeline.active.votes_merge import merge_votes
 from zoobot_pipeline.catalogue import read_catalogue
+from zoobot_pipeline.cycle import RoundConfig, TrainedModel, train_and_score
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
 from zoobot_pipeline.data.votes import read_votes, vote_matrix
-from zoobot_pipeline.export import export_package
 from zoobot_pipeline.io import write_json_atomic, write_parquet_atomic
-from zoobot_pipeline.models import FinetuneConfig, ModelConfig, TrainingConfig, finetune, read_checkpoint_json
+from zoobot_pipeline.models import ModelConfig, TrainingConfig
 from zoobot_pipeline.schemas import Schema, get_schema
-from zoobot_pipeline.scoring.pipeline import score_release
 from zoobot_pipeline.stats import dirichlet_multinomial_nll
 
 __all__ = [
-    "RESULT_COLUMNS", "ExperimentConfig", "RoundConfig", "RoundResult", "TrainedModel", "evaluate_catalogue",
-    "galaxy_nll", "reveal_votes", "run_experiment", "run_round", "train_and_score",
+    "DEFAULT_ROUND", "RESULT_COLUMNS", "ExperimentConfig", "RoundResult", "evaluate_catalogue", "galaxy_nll",
+    "reveal_votes", "run_experiment", "run_round",
 ]
 
 RESULT_COLUMNS = (
@@ -89,24 +84,10 @@ ACQUIRED_FILE = "acquired.parquet"
 EXPERIMENT_JSON = "experiment.json"
 _TRUTH_COLUMNS = ("kind", "mag_r", "r50_arcsec", "visibility")
 
-
-class RoundConfig(BaseModel):
-    """How every round trains and scores: start, model, preprocessing, optimisation, MC dropout.
-
-    With ``pretrained`` the encoder, its architecture and its preprocessing are the checkpoint's (``model`` and
-    ``preprocessing`` are then unused); without it every block trains from a random start (``n_blocks`` unused).
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    pretrained: str | None = Field(default=None, description="pretrained checkpoint to finetune; None: from scratch")
-    model: ModelConfig = ModelConfig(architecture="resnet18", input_size=64)
-    preprocessing: PreprocessingConfig = PreprocessingConfig.gz_decals(input_size=64)
-    training: TrainingConfig = TrainingConfig(epochs=10, batch_size=32, patience=4)
-    n_blocks: int | Literal["all"] = Field(default="all", description="unfrozen encoder blocks when finetuning")
-    schema_name: str = "decals_dr5"
-    mc_samples: int = Field(default=5, ge=1)
-    n_volunteers: int = Field(default=40, ge=1, description="votes per galaxy assumed by vote-space MI and entropy")
+DEFAULT_ROUND = RoundConfig(model=ModelConfig(architecture="resnet18", input_size=64),
+                            preprocessing=PreprocessingConfig.gz_decals(input_size=64),
+                            training=TrainingConfig(epochs=10, batch_size=32, patience=4))
+"""Every round's training when the experiment is not told otherwise: resnet18 at 64 px from scratch, 10 epochs."""
 
 
 class ExperimentConfig(BaseModel):
@@ -123,13 +104,14 @@ class ExperimentConfig(BaseModel):
     question: str = "smooth-or-featured-dr5"
     clear_threshold: float = Field(default=0.7, gt=0, le=1)
     keep_models: bool = False
-    round: RoundConfig = RoundConfig()
+    round: RoundConfig = DEFAULT_ROUND
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:
-        unknown = [s for s in self.strategies if s not in ACQUISITION_FUNCTIONS]
+        known = available_acquisitions()
+        unknown = [s for s in self.strategies if s not in known]
         if unknown or not self.strategies or len(set(self.strategies)) != len(self.strategies):
-            raise ValueError(f"strategies must be distinct names from {ACQUISITION_FUNCTIONS}, got {self.strategies}")
+            raise ValueError(f"strategies must be distinct names from {known}, got {self.strategies}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}")
         try:
@@ -140,45 +122,12 @@ class ExperimentConfig(BaseModel):
 
 
 @dataclass(frozen=True)
-class TrainedModel:
-    """What :func:`train_and_score` made: the checkpoint, its package, the release's catalogue, the best epoch, and
-    seconds spent finetuning and exporting (``train_seconds``) and scoring (``score_seconds``)."""
-
-    checkpoint: Path
-    package: Path
-    catalogue: Path
-    best_epoch: int
-    train_seconds: float
-    score_seconds: float
-
-
-@dataclass(frozen=True)
 class RoundResult:
     """One round: the queue it sent out, the labelled set after merging the votes, and the retrained model."""
 
     queue: pa.Table
     labelled: Path
     model: TrainedModel
-
-
-def train_and_score(release_dir: str | Path, labelled_votes: str | Path, out_dir: str | Path, config: RoundConfig,
-                    seed: int = 0) -> TrainedModel:
-    """Finetune on ``labelled_votes`` into ``out_dir/model``, export ``out_dir/package`` and score every source of
-    the release into ``out_dir/catalogue`` (MC-dropout masks and the training seeded by ``seed``)."""
-    out_dir = Path(out_dir)
-    start = time.perf_counter()
-    task = FinetuneConfig(task="dirichlet", schema_name=config.schema_name, n_blocks=config.n_blocks,
-                          dropout_rate=config.model.dropout_rate)
-    checkpoint = finetune(config.pretrained, release_dir, labelled_votes, out_dir / "model", task,
-                          config.training.model_copy(update={"seed": seed}), model_config=config.model,
-                          preprocessing=config.preprocessing)
-    package = export_package(checkpoint, out_dir / "package", mc_samples=config.mc_samples,
-                             n_volunteers=config.n_volunteers, seed=seed)
-    trained = time.perf_counter()
-    score_release(release_dir, package, out_dir / "catalogue", seed=seed, overwrite=True, progress=False)
-    best_epoch = int(read_checkpoint_json(checkpoint)["metrics"]["best_epoch"])
-    return TrainedModel(checkpoint, package, out_dir / "catalogue", best_epoch, trained - start,
-                        time.perf_counter() - trained)
 
 
 def reveal_votes(queue: pa.Table, oracle_votes: str | Path, out: str | Path, schema: Schema) -> Path:
@@ -198,8 +147,9 @@ def run_round(release_dir: str | Path, catalogue: str | Path, labelled_votes: st
               known_votes: str | Path | None, get_votes: Callable[[pa.Table, Path], Path],
               seed: int = 0) -> RoundResult:
     """Rank ``catalogue`` (the latest model's) into ``queue_dir``, get the queue's votes with ``get_votes(queue,
-    path)``, merge them into ``labelled_votes`` as ``round_dir/labelled.parquet``, then :func:`train_and_score` in
-    ``round_dir``. Galaxies with votes in ``known_votes`` and galaxies queued before are never queued."""
+    path)``, merge them into ``labelled_votes`` as ``round_dir/labelled.parquet``, then
+    :func:`~zoobot_pipeline.cycle.train_and_score` in ``round_dir``. Galaxies with votes in ``known_votes`` and
+    galaxies queued before are never queued."""
     round_dir = Path(round_dir)
     queue = rank_catalogue(catalogue, top_k, acquisition=acquisition, exclude_votes=known_votes, min_votes=1,
                            schema=config.schema_name, queue_dir=queue_dir, seed=seed)

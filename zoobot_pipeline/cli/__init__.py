@@ -1,0 +1,38 @@
+"""The ``zoobot-pipeline`` command line. Each sub-command is a thin call into the library.
+
+One module per command group (:mod:`.data`, :mod:`.train`, :mod:`.score`, :mod:`.queue`); :mod:`._options` holds
+what they share, including the one handler that turns bad input into ``error: <message>`` and exit code 2.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from zoobot_pipeline._version import __version__
+from zoobot_pipeline.cli import data, queue, score, train
+from zoobot_pipeline.cli._options import UserErrorsGroup, console
+from zoobot_pipeline.cli.score import TILES_FAILED_EXIT
+
+__all__ = ["TILES_FAILED_EXIT", "app"]
+
+app = typer.Typer(help="Galaxy Zoo morphology at survey scale: simulate, train, score, rank.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, cls=UserErrorsGroup)
+for group in (data.app, train.app, score.app, queue.app):
+    app.add_typer(group)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"zoobot-pipeline {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """Galaxy Zoo morphology at survey scale."""

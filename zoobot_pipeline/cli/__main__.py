@@ -1,0 +1,5 @@
+"""``python -m zoobot_pipeline.cli``: the ``zoobot-pipeline`` command."""
+
+from zoobot_pipeline.cli import app
+
+app(prog_name="zoobot-pipeline")

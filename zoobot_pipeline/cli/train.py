@@ -1,0 +1,131 @@
+"""Training commands: ``pretrain``, ``finetune`` and ``export`` (a checkpoint to a model package)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from zoobot_pipeline.cli._options import TrainingOptions, choices, console, training_options
+from zoobot_pipeline.data.preprocessing import PreprocessingConfig, available_presets, preset
+from zoobot_pipeline.errors import UnknownNameError, ZoobotPipelineError
+from zoobot_pipeline.runtime.package import REDUCED_PRECISIONS, TASKS
+
+app = typer.Typer()
+
+FinetuneTask = choices("FinetuneTask", TASKS)
+Precision = choices("Precision", REDUCED_PRECISIONS)
+
+
+def _preprocessing(name: str, input_size: int) -> PreprocessingConfig:
+    """``--preprocessing``: a preset at ``input_size``, or a PreprocessingConfig JSON file."""
+    if name.endswith(".json"):
+        return PreprocessingConfig.model_validate_json(Path(name).read_text())
+    try:
+        return preset(name, input_size)
+    except UnknownNameError as err:
+        raise UnknownNameError(f"--preprocessing: {err} or a PreprocessingConfig JSON file") from None
+
+
+def _n_blocks(text: str) -> int | str:
+    """``--n-blocks``: a number of blocks, or ``all``."""
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ZoobotPipelineError(f"--n-blocks {text!r}: expected a number of blocks or 'all'") from None
+
+
+@app.command()
+@training_options(epochs=50, batch_size=64, patience=8)
+def pretrain(
+    release: Annotated[Path, typer.Option(help="Release directory with the images.")],
+    out: Annotated[Path, typer.Option(help="Checkpoint directory to write (the best epoch).")],
+    votes: Annotated[Path | None, typer.Option(help="Votes catalogue (default: RELEASE/votes.parquet).")] = None,
+    schema: Annotated[str, typer.Option(help="Decision tree of the votes (built-in name or YAML).")] = "decals_dr5",
+    architecture: Annotated[str, typer.Option(help="Any timm architecture name.")] = "efficientnet_b0",
+    input_size: Annotated[int, typer.Option(help="Model input size in pixels.")] = 224,
+    preprocessing: Annotated[str, typer.Option(
+        help=f"{', '.join(available_presets())}, or a PreprocessingConfig JSON.")] = "gz_decals",
+    *,
+    training: TrainingOptions,
+) -> None:
+    """Pretrain a Zoobot-style model on volunteer vote counts (Dirichlet-Multinomial loss), locally or on Ray Train."""
+    from zoobot_pipeline import models
+
+    config = _preprocessing(preprocessing, input_size)
+    model_config = models.ModelConfig.from_preprocessing(config, architecture=architecture, schema_name=schema)
+    path = models.pretrain(release, votes or release / "votes.parquet", out, model_config, preprocessing=config,
+                           **training.keywords())
+    console.print(f"best checkpoint: {path}")
+
+
+@app.command()
+@training_options(epochs=30, batch_size=32, patience=5)
+def finetune(
+    release: Annotated[Path, typer.Option(help="Release directory with the images.")],
+    labels: Annotated[Path, typer.Option(help="CSV or Parquet with id_str and the label columns.")],
+    out: Annotated[Path, typer.Option(help="Checkpoint directory to write (the best epoch).")],
+    task: Annotated[FinetuneTask, typer.Option(help="classification, regression or dirichlet (a new tree).")],
+    checkpoint: Annotated[Path | None, typer.Option(help="Pretrained checkpoint (omit with --from-scratch).")] = None,
+    label_column: Annotated[list[str] | None, typer.Option(help="Label column (repeatable).")] = None,
+    schema: Annotated[str | None, typer.Option(help="For --task dirichlet: the new tree (name or YAML).")] = None,
+    n_blocks: Annotated[str, typer.Option(help="Encoder blocks to unfreeze from the top (0 = frozen, or 'all').")]
+    = "0",
+    lr_decay: Annotated[float, typer.Option(help="Layer-wise LR decay per block from the top.")] = 0.75,
+    from_scratch: Annotated[bool, typer.Option(help="Train the same head on a random encoder (baseline).")] = False,
+    architecture: Annotated[str, typer.Option(help="With --from-scratch: the timm architecture.")]
+    = "efficientnet_b0",
+    input_size: Annotated[int, typer.Option(help="With --from-scratch: input size in pixels.")] = 224,
+    *,
+    training: TrainingOptions,
+) -> None:
+    """Finetune a pretrained model on a few labels: a classifier, a regressor, or a new decision tree."""
+    from zoobot_pipeline import models
+
+    if (checkpoint is None) != from_scratch:
+        raise ZoobotPipelineError("give --checkpoint, or --from-scratch for the random-encoder baseline (not both)")
+    config = models.FinetuneConfig(task=task.value, label_columns=tuple(label_column or ()), schema_name=schema,
+                                   n_blocks=_n_blocks(n_blocks), lr_decay=lr_decay)
+    model_config = None
+    preprocessing = None
+    if from_scratch:
+        preprocessing = preset("gz_decals", input_size)
+        model_config = models.ModelConfig.from_preprocessing(preprocessing, architecture=architecture)
+    path = models.finetune(checkpoint, release, labels, out, config, model_config=model_config,
+                           preprocessing=preprocessing, **training.keywords())
+    console.print(f"best checkpoint: {path}")
+
+
+@app.command("export")
+def export_model(
+    checkpoint: Annotated[Path, typer.Option("--from", help="Checkpoint directory (pretrained or finetuned).")],
+    out: Annotated[Path, typer.Option(help="Model package directory to write.")],
+    mc_samples: Annotated[int, typer.Option(help="Default MC-dropout samples per galaxy when scoring.")] = 5,
+    variant: Annotated[list[Precision] | None, typer.Option(
+        help="Also write a reduced-precision variant (repeatable): int8 (CPU, needs --calibration-release) or fp16.")]
+    = None,
+    calibration_release: Annotated[Path | None, typer.Option(
+        help="Release whose galaxies calibrate int8 and check the variants' accuracy against fp32.")] = None,
+    n_volunteers: Annotated[int, typer.Option(help="Volunteers per galaxy assumed for vote-space uncertainty.")] = 40,
+) -> None:
+    """Export a checkpoint to an ONNX model package, checked against the framework's own output."""
+    from zoobot_pipeline.export import ModelPackage, export_package
+
+    path = export_package(checkpoint, out, mc_samples=mc_samples, variants=[v.value for v in variant or ()],
+                          calibration_release=calibration_release, n_volunteers=n_volunteers)
+    package = ModelPackage.open(path)
+    table = Table("variant", "file", "sha256", "check", title=f"model package {path}")
+    for name, entry in package.meta["variants"].items():
+        if "parity" in entry:
+            check = f"max relative difference from {package.meta['framework']['name']}: " \
+                    f"{entry['parity']['max_rel_diff']:.2g}"
+        else:
+            accuracy = entry["accuracy"]
+            check = f"{accuracy['quantity']} vs fp32: mean |diff| {accuracy['mean_abs_diff']:.2g}, " \
+                    f"max {accuracy['max_abs_diff']:.2g} ({accuracy['n_galaxies']} galaxies)"
+        table.add_row(name, entry["file"], entry["sha256"][:16], check)
+    console.print(table)
