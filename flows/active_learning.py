@@ -19,9 +19,11 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.scoring import QueueResult, rank_and_queue, retry_unless_bad_input
+from flows.scoring import QueueResult, rank_and_queue, report_catalogue, retry_unless_bad_input
+from flows.training import report_checkpoint, report_package
 from zoobot_pipeline.active.zooniverse import DEFAULT_ENDPOINT
 from zoobot_pipeline.cycle import MIN_VOTES, Cycle, Resources, RoundConfig, switch_package
+from zoobot_pipeline.data.render import ImageFormat
 from zoobot_pipeline.models import TrainingConfig, read_checkpoint_json
 from zoobot_pipeline.runtime.package import ModelPackage
 from zoobot_pipeline.scoring.pipeline import ScoringResult
@@ -54,7 +56,9 @@ def train_model(cycle: Cycle) -> Path:
     """:meth:`Cycle.train` (not retried: Ray Train replaces failed workers itself)."""
     if cycle.trained:
         get_run_logger().info("%s: already trained", cycle.checkpoint)
-    return cycle.train()
+    checkpoint = cycle.train()
+    report_checkpoint(checkpoint, "finetune")
+    return checkpoint
 
 
 @task(name="export-package", cache_policy=NO_CACHE)
@@ -62,14 +66,18 @@ def export_model(cycle: Cycle) -> Path:
     """:meth:`Cycle.export`."""
     if cycle.exported:
         get_run_logger().info("%s: already exported", cycle.package)
-    return cycle.export()
+    package = cycle.export()
+    report_package(package)
+    return package
 
 
 @task(name="score-catalogue", retries=2, retry_delay_seconds=30, retry_condition_fn=retry_unless_bad_input,
       cache_policy=NO_CACHE)
 def score_pool(cycle: Cycle) -> ScoringResult:
     """:meth:`Cycle.score` (resumes: a retry scores only the tiles not done)."""
-    return cycle.score()
+    result = cycle.score()
+    report_catalogue(result, cycle.release_dir)
+    return result
 
 
 @task(name="rank-catalogue", cache_policy=NO_CACHE)
@@ -85,7 +93,7 @@ def active_learning_cycle(release_dir: Path, new_votes: Path, labelled_votes: Pa
                           training: TrainingConfig | None = None, mc_samples: int = 5, n_volunteers: int = 40,
                           seed: int = 0, workers: int = 1, gpus_per_worker: float = 0.0,
                           ray_address: str | None = None, use_ray: bool = False, score_workers: int | None = None,
-                          device: str = "cpu", image_format: Literal["png", "jpeg"] = "png",
+                          device: str = "cpu", image_format: ImageFormat = "png",
                           project_id: int | None = None, subject_set_id: int | None = None,
                           endpoint: str = DEFAULT_ENDPOINT, dry_run: bool = True,
                           current_package: Path | None = None) -> CycleResult | None:

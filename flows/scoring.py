@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow.parquet as pq
 from prefect import Task, flow, get_run_logger, task
@@ -28,11 +28,12 @@ from zoobot_pipeline.active.manifest import write_manifest
 from zoobot_pipeline.active.ranking import KEYS_DIR, rank_catalogue, rank_settings, run_id_of
 from zoobot_pipeline.active.ranking import run_file as queue_run_file
 from zoobot_pipeline.active.zooniverse import DEFAULT_ENDPOINT, UploadReport, upload_manifest
+from zoobot_pipeline.data.render import ImageFormat
 from zoobot_pipeline.scoring import pipeline
 from zoobot_pipeline.scoring.pipeline import ScoringResult
 from zoobot_pipeline.scoring.summary import QUANTILES, summarize_catalogue
 
-__all__ = ["KEYS_DIR", "QueueResult", "rank_and_queue", "run_id_of", "score_release"]
+__all__ = ["KEYS_DIR", "QueueResult", "rank_and_queue", "report_catalogue", "run_id_of", "score_release"]
 
 QUEUE_SHOWN = 20
 _FAILURE_COLUMNS = ("tile_id", "path", "reason", "n_sources")
@@ -63,6 +64,12 @@ def score_release(release_dir: Path, package_dir: Path, out_dir: Path, batch_siz
                "ray_address": ray_address, "workers": workers, "gpus_per_worker": gpus_per_worker,
                "overwrite": overwrite}
     result = score_catalogue(release_dir, package_dir, out_dir, options)
+    report_catalogue(result, release_dir)
+    return result
+
+
+def report_catalogue(result: ScoringResult, release_dir: Path) -> None:
+    """The artifacts of a scoring run: totals, flags and key distributions, and the tiles that failed."""
     summary = summarize_catalogue(result.out_dir)
     name = summary.metadata.get("release", release_dir.name)
     flagged = ", ".join(f"{n} {reason}" for reason, n in sorted(result.flagged.items())) or "none"
@@ -79,8 +86,8 @@ def score_release(release_dir: Path, package_dir: Path, out_dir: Path, batch_siz
                  + markdown_table(distributions, ["column", "mean", *(f"q{round(q * 100):02d}" for q in QUANTILES)]))
     publish_table(artifact_key("score", name, "failures"), result.failures, _FAILURE_COLUMNS,
                   f"score-release: tiles of {name} that could not be read (retried by the next run)")
-    get_run_logger().info("%s: %d of %d galaxies scored into %s", name, result.n_scored, result.n_sources, out_dir)
-    return result
+    get_run_logger().info("%s: %d of %d galaxies scored into %s", name, result.n_scored, result.n_sources,
+                          result.out_dir)
 
 
 @task(name="rank-catalogue", cache_policy=NO_CACHE)
@@ -124,7 +131,7 @@ def rank_and_queue(catalogue: Path, release_dir: Path, queue_dir: Path, top_k: i
                    acquisition: str = "mutual_information", weights: dict[str, float] | None = None,
                    exclude_votes: Path | None = None, min_votes: int = 3, schema_name: str | None = None,
                    per_tile_quota: int | None = None, seed: int = 0, run_key: str | None = None,
-                   manifest_dir: Path | None = None, image_format: Literal["png", "jpeg"] = "png",
+                   manifest_dir: Path | None = None, image_format: ImageFormat = "png",
                    project_id: int | None = None, subject_set_id: int | None = None,
                    endpoint: str = DEFAULT_ENDPOINT, dry_run: bool = True) -> QueueResult:
     """Rank a catalogue into ``queue_dir`` (skipping galaxies queued there before and, with ``exclude_votes``, those

@@ -9,7 +9,7 @@ Every output directory appears atomically, so a failed run leaves no half-writte
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -18,10 +18,11 @@ from prefect.cache_policies import NO_CACHE
 from flows.artifacts import artifact_key, markdown_table, publish_table
 from zoobot_pipeline import models
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
-from zoobot_pipeline.export import ModelPackage, export_package
+from zoobot_pipeline.export import export_package
 from zoobot_pipeline.models import FinetuneConfig, ModelConfig, TrainingConfig
+from zoobot_pipeline.runtime.package import ModelPackage, ReducedPrecision
 
-__all__ = ["export", "finetune", "pretrain"]
+__all__ = ["export", "finetune", "pretrain", "report_checkpoint", "report_package"]
 
 _HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss")
 
@@ -56,7 +57,7 @@ def _training_options(model: ModelConfig | None, training: TrainingConfig | None
             "storage_path": storage_path, "resume_from": resume_from, "backend": backend}
 
 
-def _report_checkpoint(checkpoint: Path, what: str) -> None:
+def report_checkpoint(checkpoint: Path, what: str) -> None:
     """Markdown summary and per-epoch history table of a checkpoint's training."""
     meta = models.read_checkpoint_json(checkpoint)
     metrics = meta.get("metrics", {})
@@ -83,7 +84,7 @@ def pretrain(release_dir: Path, out_dir: Path, votes_path: Path | None = None, m
     options = _training_options(model, training, preprocessing, workers, gpus_per_worker, cpus_per_worker,
                                 ray_address, storage_path, resume_from, backend)
     checkpoint = pretrain_model(release_dir, votes_path or release_dir / "votes.parquet", out_dir, options)
-    _report_checkpoint(checkpoint, "pretrain")
+    report_checkpoint(checkpoint, "pretrain")
     return checkpoint
 
 
@@ -98,18 +99,24 @@ def finetune(checkpoint_dir: Path | None, release_dir: Path, labels_path: Path, 
     options = _training_options(model, training, preprocessing, workers, gpus_per_worker, cpus_per_worker,
                                 ray_address, storage_path, resume_from, backend)
     checkpoint = finetune_model(checkpoint_dir, release_dir, labels_path, out_dir, finetune_config, options)
-    _report_checkpoint(checkpoint, "finetune")
+    report_checkpoint(checkpoint, "finetune")
     return checkpoint
 
 
 @flow(name="export")
 def export(checkpoint_dir: Path, out_dir: Path, mc_samples: int = 5,
-           variants: list[Literal["int8", "fp16"]] | None = None, calibration_release: Path | None = None,
+           variants: list[ReducedPrecision] | None = None, calibration_release: Path | None = None,
            n_volunteers: int = 40, rtol: float = 1e-4, seed: int = 0) -> Path:
     """Export a checkpoint to an ONNX model package at ``out_dir`` (checked against the framework); returns it."""
     options = {"mc_samples": mc_samples, "variants": tuple(variants or ()),
                "calibration_release": calibration_release, "n_volunteers": n_volunteers, "rtol": rtol, "seed": seed}
     package_dir = export_model(checkpoint_dir, out_dir, options)
+    report_package(package_dir)
+    return package_dir
+
+
+def report_package(package_dir: Path) -> None:
+    """The artifact of an export: the package, its variants and the parity check against the framework."""
     package = ModelPackage.open(package_dir)
     parity = package.meta["variants"]["fp32"]["parity"]
     rows = [{"variant": name, "file": entry["file"], "sha256": entry["sha256"]}
@@ -120,4 +127,3 @@ def export(checkpoint_dir: Path, out_dir: Path, mc_samples: int = 5,
                  f"samples; onnxruntime matches the framework to {parity['max_rel_diff']:.3g} relative (tolerance "
                  f"{parity['rtol']:g}).\n\n" + markdown_table(rows, ["variant", "file", "sha256"]))
     get_run_logger().info("package %s (sha256 %s)", package_dir, package.sha256)
-    return package_dir

@@ -27,7 +27,7 @@ import json
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
@@ -36,6 +36,7 @@ from prefect.runtime import flow_run
 from flows.artifacts import markdown_table, publish_table
 from flows.scoring import rank_and_queue, score_release
 from zoobot_pipeline.active.zooniverse import DEFAULT_ENDPOINT
+from zoobot_pipeline.data.render import ImageFormat
 from zoobot_pipeline.io import file_lock, write_json_atomic
 
 __all__ = ["CLAIMS_DIR", "LEDGER_FILE", "Ledger", "find_releases", "watch_releases"]
@@ -79,7 +80,7 @@ def watch_releases(releases_root: Path, package_dir: Path, outputs_root: Path, t
                    per_tile_quota: int | None = None, seed: int = 0, batch_size: int = 32, chunk_size: int = 256,
                    mc_samples: int | None = None, device: str = "cpu", use_ray: bool = False,
                    ray_address: str | None = None, workers: int | None = None, gpus_per_worker: float = 0.0,
-                   image_format: Literal["png", "jpeg"] = "png", project_id: int | None = None,
+                   image_format: ImageFormat = "png", project_id: int | None = None,
                    subject_set_id: int | None = None, endpoint: str = DEFAULT_ENDPOINT,
                    dry_run: bool = True) -> list[str]:
     """Score each release under ``releases_root`` not yet in the ledger with ``package_dir`` and queue its ``top_k``

@@ -235,7 +235,11 @@ def test_active_learning_cycle_merges_retrains_scores_and_queues_once_per_votes_
     assert (tmp_path / "current-package").resolve() == result.package.resolve()
     queued = pq.read_table(result.queue.run_file)["id_str"]
     assert queued.length() == 5 and not pc.any(pc.is_in(queued, value_set=merged["id_str"])).as_py()
-    assert "labelled galaxies: 40" in artifacts(run_id)["active-learning-cycle"].data
+    found = artifacts(run_id)
+    assert "labelled galaxies: 40" in found["active-learning-cycle"].data
+    assert ModelPackage.open(result.package).sha256 in found[artifact_key("export", result.package.name)].data
+    assert table_rows(found[f"{artifact_key('finetune', result.checkpoint.name)}-history"])
+    assert any(key.startswith("score-") for key in found)
 
     weights = (result.checkpoint / "checkpoint.json").stat().st_mtime_ns
     again, _ = run(active_learning_cycle, **params)

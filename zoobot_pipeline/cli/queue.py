@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -67,13 +66,13 @@ def rank(
     seed: Annotated[int, typer.Option(help="Seed of --acquisition random.")] = 0,
 ) -> None:
     """Rank a scored catalogue and queue the galaxies volunteers should label next (QUEUE/queue.parquet)."""
-    from zoobot_pipeline.active.ranking import QUEUE_FILE, rank_catalogue
+    from zoobot_pipeline.active.ranking import QUEUE_FILE, rank_catalogue, rank_settings
 
     table = rank_catalogue(catalogue, top, acquisition=acquisition.value, weights=_weights(weight),
                            exclude_votes=exclude, min_votes=min_votes, schema=schema, queue_dir=out,
                            per_tile_quota=per_tile_quota, magnitude_bins=_magnitude_edges(magnitude_bins),
                            per_bin_quota=per_bin_quota, magnitude_column=magnitude_column, seed=seed)
-    info = json.loads(table.schema.metadata[b"zoobot_pipeline.rank"])
+    info = rank_settings(table)
     shown = Table("rank", "id_str", "tile_id", "acquisition", "top question", title=f"{out / QUEUE_FILE}")
     for row in table.slice(0, 10).to_pylist():
         shown.add_row(str(row["rank"]), row["id_str"], row["tile_id"], f"{row['acquisition']:.4g}",

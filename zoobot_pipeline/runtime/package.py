@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "INPUT_NAMES", "MODEL_JSON", "OUTPUT_NAMES", "PACKAGE_FORMAT", "PRECISION_VARIANTS", "REDUCED_PRECISIONS", "TASKS",
-    "VARIANT_FILES",
+    "VARIANT_FILES", "ReducedPrecision",
     "ModelPackage", "PackageError", "Task",
 ]
 
@@ -38,10 +38,11 @@ INPUT_NAMES = ("images", "dropout_mask")
 OUTPUT_NAMES = ("outputs", "features")
 # The graph: (images (B, C, H, W), dropout masks (B, S, F)) -> (outputs (B, S, n_outputs), features (B, F)), float32.
 
-VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
-PRECISION_VARIANTS: tuple[str, ...] = tuple(VARIANT_FILES)
-"""Precision variants a package may hold; ``fp32`` is always there, the others are optional."""
-REDUCED_PRECISIONS: tuple[str, ...] = tuple(variant for variant in PRECISION_VARIANTS if variant != "fp32")
+ReducedPrecision = Literal["int8", "fp16"]
+REDUCED_PRECISIONS: tuple[str, ...] = get_args(ReducedPrecision)
+PRECISION_VARIANTS: tuple[str, ...] = ("fp32", *REDUCED_PRECISIONS)
+"""Precision variants a package may hold; ``fp32`` is always there, the reduced ones are optional."""
+VARIANT_FILES = {"fp32": "model.onnx", **{variant: f"model.{variant}.onnx" for variant in REDUCED_PRECISIONS}}
 
 
 class ModelPackage:
