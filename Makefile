@@ -20,10 +20,11 @@ $(INSTALLED): pyproject.toml $(CONSTRAINTS)
 	touch $@
 
 # The demo's Prefect runs go to a temporary local API with its SQLite database under $(DEMO_OUT)/.prefect, unless
-# PREFECT_API_URL points at a server.
+# PREFECT_API_URL points at a server. Prefect waits 20 s for that API by default, too little on a busy 2-core machine.
 demo: $(INSTALLED)
 	mkdir -p $(DEMO_OUT)/.prefect
 	PREFECT_HOME=$${PREFECT_HOME:-$(abspath $(DEMO_OUT))/.prefect} PREFECT_SERVER_ANALYTICS_ENABLED=false \
+	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=$${PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS:-120} \
 		$(BIN)/python -m flows.demo --out $(DEMO_OUT)
 
 test: $(INSTALLED)

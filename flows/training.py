@@ -3,7 +3,9 @@
 Training runs in the task's process when ``workers == 1`` and no ``ray_address`` is given, and as one Ray Train job
 otherwise (a local Ray is started when there is no address). Ray Train restarts failed workers itself
 (``max_failures``), so the training tasks have no Prefect retries: a retry would start the run again from scratch.
-Every output directory appears atomically, so a failed run leaves no half-written checkpoint or package.
+Every output directory appears atomically, so a failed run leaves no half-written checkpoint or package. An existing
+``out_dir`` that is not an earlier output of the same flow is refused unless ``overwrite`` (which replaces only the
+checkpoint's or package's own files there).
 """
 
 from __future__ import annotations
@@ -49,12 +51,12 @@ def export_model(checkpoint_dir: Path, out_dir: Path, options: dict[str, Any]) -
 def _training_options(model: ModelConfig | None, training: TrainingConfig | None,
                       preprocessing: PreprocessingConfig | None, workers: int, gpus_per_worker: float,
                       cpus_per_worker: float, ray_address: str | None, storage_path: Path | None,
-                      resume_from: Path | None, backend: str) -> dict[str, Any]:
+                      resume_from: Path | None, backend: str, overwrite: bool) -> dict[str, Any]:
     """The keyword arguments that :func:`zoobot_pipeline.models.pretrain` and :func:`~zoobot_pipeline.models.finetune`
     share, from the parameters the ``pretrain`` and ``finetune`` flows share."""
     return {"model_config": model, "training_config": training, "preprocessing": preprocessing, "workers": workers,
             "gpus_per_worker": gpus_per_worker, "cpus_per_worker": cpus_per_worker, "ray_address": ray_address,
-            "storage_path": storage_path, "resume_from": resume_from, "backend": backend}
+            "storage_path": storage_path, "resume_from": resume_from, "backend": backend, "overwrite": overwrite}
 
 
 def report_checkpoint(checkpoint: Path, what: str) -> None:
@@ -78,11 +80,11 @@ def pretrain(release_dir: Path, out_dir: Path, votes_path: Path | None = None, m
              training: TrainingConfig | None = None, preprocessing: PreprocessingConfig | None = None,
              workers: int = 1, gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0,
              ray_address: str | None = None, storage_path: Path | None = None, resume_from: Path | None = None,
-             backend: str = "torch") -> Path:
+             backend: str = "torch", overwrite: bool = False) -> Path:
     """Pretrain a Zoobot-style model on a release's volunteer votes (default ``release_dir/votes.parquet``) into
     ``out_dir``; returns the checkpoint directory."""
     options = _training_options(model, training, preprocessing, workers, gpus_per_worker, cpus_per_worker,
-                                ray_address, storage_path, resume_from, backend)
+                                ray_address, storage_path, resume_from, backend, overwrite)
     checkpoint = pretrain_model(release_dir, votes_path or release_dir / "votes.parquet", out_dir, options)
     report_checkpoint(checkpoint, "pretrain")
     return checkpoint
@@ -93,11 +95,12 @@ def finetune(checkpoint_dir: Path | None, release_dir: Path, labels_path: Path, 
              finetune_config: FinetuneConfig, training: TrainingConfig | None = None,
              model: ModelConfig | None = None, preprocessing: PreprocessingConfig | None = None, workers: int = 1,
              gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0, ray_address: str | None = None,
-             storage_path: Path | None = None, resume_from: Path | None = None, backend: str = "torch") -> Path:
+             storage_path: Path | None = None, resume_from: Path | None = None, backend: str = "torch",
+             overwrite: bool = False) -> Path:
     """Finetune a pretrained checkpoint (``None``: a fresh encoder from ``model``) on ``labels_path`` into
     ``out_dir``; returns the checkpoint directory."""
     options = _training_options(model, training, preprocessing, workers, gpus_per_worker, cpus_per_worker,
-                                ray_address, storage_path, resume_from, backend)
+                                ray_address, storage_path, resume_from, backend, overwrite)
     checkpoint = finetune_model(checkpoint_dir, release_dir, labels_path, out_dir, finetune_config, options)
     report_checkpoint(checkpoint, "finetune")
     return checkpoint
@@ -106,10 +109,11 @@ def finetune(checkpoint_dir: Path | None, release_dir: Path, labels_path: Path, 
 @flow(name="export")
 def export(checkpoint_dir: Path, out_dir: Path, mc_samples: int = 5,
            variants: list[ReducedPrecision] | None = None, calibration_release: Path | None = None,
-           n_volunteers: int = 40, rtol: float = 1e-4, seed: int = 0) -> Path:
+           n_volunteers: int = 40, rtol: float = 1e-4, seed: int = 0, overwrite: bool = False) -> Path:
     """Export a checkpoint to an ONNX model package at ``out_dir`` (checked against the framework); returns it."""
     options = {"mc_samples": mc_samples, "variants": tuple(variants or ()),
-               "calibration_release": calibration_release, "n_volunteers": n_volunteers, "rtol": rtol, "seed": seed}
+               "calibration_release": calibration_release, "n_volunteers": n_volunteers, "rtol": rtol, "seed": seed,
+               "overwrite": overwrite}
     package_dir = export_model(checkpoint_dir, out_dir, options)
     report_package(package_dir)
     return package_dir

@@ -13,6 +13,13 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
+
+@pytest.fixture(autouse=True)
+def _state_dir(tmp_path_factory, monkeypatch):
+    """Where the CLI writes tracebacks of internal errors: a temporary folder, never the user's ~/.local/state."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+
+
 TINY_BANDS = ("g", "r", "z")
 TINY_SHAPE = (100, 120)  # (ny, nx): not square, so x/y swaps show
 TINY_PIXEL_SCALE = 1.0

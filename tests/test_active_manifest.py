@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from test_active_ranking import catalogue_table
+from test_active_ranking import META, catalogue_table
 from typer.testing import CliRunner
 
 from zoobot_pipeline.active.manifest import MANIFEST_COLUMNS, image_name, read_manifest, write_manifest
@@ -32,9 +32,10 @@ def release(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def queue_dir(release, tmp_path) -> Path:
-    """A queue of 7 galaxies ranked from a catalogue of the release's sources."""
+    """A queue of 7 galaxies ranked from a catalogue of the release's sources (and named after the release)."""
     sources = pq.read_table(release / "sources.parquet")
-    table = catalogue_table(sources["id_str"].to_pylist(), sources["tile_id"].to_pylist(), seed=4)
+    table = catalogue_table(sources["id_str"].to_pylist(), sources["tile_id"].to_pylist(), seed=4,
+                            meta={**META, "release": Release.open(release).info.name})
     table = table.set_column(1, "ra", sources["ra"]).set_column(2, "dec", sources["dec"])
     pq.write_table(table, tmp_path / "catalogue.parquet")
     rank_catalogue(tmp_path / "catalogue.parquet", 7, queue_dir=tmp_path / "queue")
@@ -101,8 +102,9 @@ def test_rerun_reuses_the_images_and_jpeg_works(release, queue_dir, tmp_path):
 def test_unknown_galaxies_and_unsafe_ids(release, tmp_path):
     queue = pq.read_table(release / "sources.parquet").slice(0, 2).select(["id_str", "ra", "dec"])
     queue = queue.append_column("rank", pa.array([1, 2])).append_column("acquisition", pa.array([0.2, 0.1]))
-    for name in ("top_question", "model_sha256", "release"):
+    for name in ("top_question", "model_sha256"):
         queue = queue.append_column(name, pa.array(["x", "x"]))
+    queue = queue.append_column("release", pa.array([Release.open(release).info.name] * 2))
     ghost = queue.set_column(0, "id_str", pa.array(["syn_000001", "ghost"]))
     with pytest.raises(ValueError, match="not in the release's sources: ghost"):
         write_manifest(ghost, release, tmp_path / "m")

@@ -32,7 +32,7 @@ runner = CliRunner()
 def built_manifest(tmp_path_factory) -> Path:
     """A manifest of 6 galaxies from a simulated release, ranked from a catalogue of its sources."""
     root = tmp_path_factory.mktemp("upload")
-    release = simulate_release(root / "release", 30, 1, tile_size=512, seed=3)
+    release = simulate_release(root / "release", 30, 1, tile_size=512, seed=3, name="synthetic-dr1")
     sources = pq.read_table(release / "sources.parquet")
     table = catalogue_table(sources["id_str"].to_pylist(), sources["tile_id"].to_pylist(), seed=5)
     table = table.set_column(1, "ra", sources["ra"]).set_column(2, "dec", sources["dec"])

@@ -20,7 +20,15 @@ runner = CliRunner()
 
 
 def votes_frame(ids: list[str], seed: int) -> pd.DataFrame:
-    counts = np.random.default_rng(seed).integers(0, 30, (len(ids), len(SCHEMA.label_cols)))
+    """Random votes that fit the tree: a question gets at most the votes of the answer it is asked after."""
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((len(ids), len(SCHEMA.label_cols)), dtype=np.int64)
+    for question in SCHEMA.questions:  # built-in order lists every parent before its children
+        totals = rng.integers(0, 30, len(ids)) if question.asked_after is None else \
+            rng.integers(0, counts[:, question.asked_after.index] + 1)
+        for row, total in enumerate(totals):
+            counts[row, question.slice] = rng.multinomial(total, np.full(len(question.answers),
+                                                                          1 / len(question.answers)))
     return pd.DataFrame(counts, columns=SCHEMA.label_cols).assign(id_str=ids)[["id_str", *SCHEMA.label_cols]]
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from astropy.io import fits
+from cli_checks import error_line
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -162,35 +163,26 @@ def test_pretrain_help_lists_every_preprocessing_preset():
     assert all(name in shown.output for name in available_presets()) and "from_images" in available_presets()
 
 
-def _one_error_line(result) -> str:
-    """The one line a user error prints on stderr (after checking exit code 2 and no traceback)."""
-    assert result.exit_code == 2, (result.exit_code, result.output)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    return lines[0]
-
-
 def test_every_kind_of_user_error_is_one_line_and_exit_2(tmp_path):
-    line = _one_error_line(runner.invoke(app, ["pretrain", "--release", str(tmp_path), "--out", str(tmp_path / "o"),
+    line = error_line(runner.invoke(app, ["pretrain", "--release", str(tmp_path), "--out", str(tmp_path / "o"),
                                                "--preprocessing", "no_such_preset"]))
     assert "--preprocessing" in line and "'no_such_preset'" in line
     assert all(name in line for name in available_presets())
 
-    line = _one_error_line(runner.invoke(app, ["simulate", "--out", str(tmp_path / "s"), "--schema", "no_tree"]))
+    line = error_line(runner.invoke(app, ["simulate", "--out", str(tmp_path / "s"), "--schema", "no_tree"]))
     assert "unknown schema 'no_tree'" in line
 
     missing = tmp_path / "no_release"
-    line = _one_error_line(runner.invoke(app, ["release", "check", str(missing)]))
+    line = error_line(runner.invoke(app, ["release", "check", str(missing)]))
     assert str(missing) in line
-    line = _one_error_line(runner.invoke(app, ["render", str(missing), "--out", str(tmp_path / "png")]))
+    line = error_line(runner.invoke(app, ["render", str(missing), "--out", str(tmp_path / "png")]))
     assert str(missing) in line
 
-    line = _one_error_line(runner.invoke(app, ["pretrain", "--release", str(tmp_path), "--out", str(tmp_path / "o"),
+    line = error_line(runner.invoke(app, ["pretrain", "--release", str(tmp_path), "--out", str(tmp_path / "o"),
                                                "--epochs", "0"]))
     assert "TrainingConfig" in line and "epochs" in line and "(got 0)" in line
 
-    line = _one_error_line(runner.invoke(app, ["pretrain", "--release", str(tmp_path), "--out", str(tmp_path / "o"),
+    line = error_line(runner.invoke(app, ["pretrain", "--release", str(tmp_path), "--out", str(tmp_path / "o"),
                                                "--preprocessing", str(tmp_path / "missing.json")]))
     assert str(tmp_path / "missing.json") in line
 
@@ -200,7 +192,7 @@ def test_an_unavailable_device_is_one_line_and_exit_2(tmp_path):
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this onnxruntime has CUDA")
-    line = _one_error_line(runner.invoke(app, ["score", "--release", str(tmp_path), "--model", str(tmp_path),
+    line = error_line(runner.invoke(app, ["score", "--release", str(tmp_path), "--model", str(tmp_path),
                                                "--out", str(tmp_path / "cat"), "--device", "cuda"]))
     assert "cuda" in line.lower()
 

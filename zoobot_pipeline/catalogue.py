@@ -30,6 +30,7 @@ Parquet file: a scored catalogue, or any table with its columns.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import urllib.parse
 from collections import Counter
@@ -52,6 +53,7 @@ __all__ = [
     "QUESTION_QUANTITIES", "STD_SUFFIX", "TILES_DIR", "RunSettings", "catalogue_files", "catalogue_questions",
     "catalogue_schema", "class_column", "concentration_column", "flag_category", "flag_counts", "fraction_column",
     "part_files", "part_metadata", "part_path", "question_column", "read_catalogue", "read_summary_json",
+    "sources_digest",
     "std_column", "write_failures", "write_part", "write_summary_json",
 ]
 
@@ -258,6 +260,22 @@ def write_summary_json(out_dir: str | Path, summary: dict[str, object]) -> Path:
 
 
 def read_summary_json(out_dir: str | Path) -> dict[str, object] | None:
-    """``catalogue.json`` of a finished run, or None."""
+    """``catalogue.json`` of a finished run, or None; an unreadable one is a
+    :class:`~zoobot_pipeline.errors.ZoobotPipelineError` naming it."""
     path = Path(out_dir) / CATALOGUE_JSON
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ZoobotPipelineError(f"{path}: unreadable catalogue summary ({err}); scoring again into this "
+                                  "catalogue rewrites it") from None
+    if not isinstance(summary, dict):
+        raise ZoobotPipelineError(f"{path}: not a catalogue summary (expected a JSON object)")
+    return summary
+
+
+def sources_digest(id_strs: Sequence[str]) -> str:
+    """sha256 of a tile's source ids in release order: a part file's ``sources_digest``, by which a rerun reuses a
+    tile only for the same sources and a queue recognises the release it was ranked from."""
+    return hashlib.sha256("\n".join(id_strs).encode()).hexdigest()

@@ -4,18 +4,21 @@ Atomic output writes to a temporary file in the destination folder, then renames
 leaves either the old file or the new one, never half a file; a leftover ``.tmp-*`` file is ignored by readers.
 Locks are ``flock`` locks, released by the OS when the process ends, however it ends. :func:`blake2b64` is the one
 hash that turns an id into a stable number (random streams, splits, seeded scores); :func:`file_sha256` identifies
-files.
+files. Paths that come from data go through :func:`safe_file_name` (names we write) or :func:`path_inside` (names we
+read), and an output directory is checked by :func:`prepare_output_dir` before a command starts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,20 +27,20 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from zoobot_pipeline.errors import ZoobotPipelineError
+
 __all__ = [
-    "atomic_directory", "atomic_path", "blake2b64", "exclusive_lock", "file_lock", "file_sha256", "read_table",
-    "write_json_atomic", "write_parquet_atomic",
+    "MAX_NAME_BYTES", "atomic_directory", "atomic_path", "blake2b64", "exclusive_lock", "file_lock", "file_sha256",
+    "path_inside", "prepare_output_dir", "read_table", "safe_file_name", "write_json_atomic", "write_parquet_atomic",
 ]
 
 
 def _umask() -> int:
     """The process umask, read without changing it (Linux), else read by setting and restoring it."""
-    try:
+    with contextlib.suppress(OSError):
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("Umask:"):
                 return int(line.split()[1], 8)
-    except OSError:
-        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -62,9 +65,16 @@ def atomic_path(destination: str | Path) -> Iterator[Path]:
 
 
 @contextmanager
-def atomic_directory(destination: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory beside ``destination``; on success its files are fsynced and it replaces
-    ``destination`` (an existing one is moved aside first, then deleted). On error it is removed."""
+def atomic_directory(destination: str | Path, own: Collection[str] | None = None,
+                     marker: str | None = None) -> Iterator[Path]:
+    """Yield a temporary directory beside ``destination``; on success its files are fsynced and moved into place.
+    On error it is removed, and ``destination`` is as it was.
+
+    Without ``own``, or when ``destination`` holds nothing but entries named in ``own`` (this kind of output's own
+    files), the new directory replaces ``destination`` in one rename (an existing one is moved aside, then deleted).
+    Otherwise ``destination`` also holds files this output did not write: they are kept, and only the entries named in
+    ``own`` are replaced, each with a rename, ``marker`` (the file readers open first) last; own entries the new
+    output lacks are removed."""
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{destination.name}.", dir=destination.parent))
@@ -75,7 +85,11 @@ def atomic_directory(destination: str | Path) -> Iterator[Path]:
                 with open(path, "rb") as handle:
                     os.fsync(handle.fileno())
         os.chmod(tmp, 0o777 & ~_umask())
-        if destination.exists():
+        foreign = ([entry for entry in destination.iterdir() if entry.name not in own]
+                   if own is not None and destination.is_dir() else [])
+        if foreign:
+            _replace_entries(tmp, destination, own, marker)
+        elif destination.exists():
             old = Path(tempfile.mkdtemp(prefix=f".old-{destination.name}.", dir=destination.parent))
             os.replace(destination, old / destination.name)
             os.replace(tmp, destination)
@@ -85,6 +99,24 @@ def atomic_directory(destination: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def _replace_entries(new: Path, destination: Path, own: Collection[str], marker: str | None) -> None:
+    """Move ``new``'s entries into ``destination`` one rename each (``marker`` last), then remove the ``own`` entries
+    of ``destination`` that ``new`` did not have."""
+    entries = sorted(new.iterdir(), key=lambda entry: entry.name == marker)
+    for entry in entries:
+        target = destination / entry.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(entry, target)
+    written = {entry.name for entry in entries}
+    for name in set(own) - written:
+        stale = destination / name
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -150,10 +182,63 @@ def read_table(path: str | Path, error: type[Exception] = ValueError, what: str 
     try:
         if path.suffix.lower() == ".csv":
             table = pacsv.read_csv(path)
-            return table if columns is None else table.select([c for c in columns if c in table.column_names])
+            present = table.column_names  # header names are decoded here: a non-UTF-8 header fails inside the try
+            return table if columns is None else table.select([c for c in columns if c in present])
         if columns is None:
             return pq.read_table(path)
         present = set(pq.read_schema(path).names)
         return pq.read_table(path, columns=[c for c in columns if c in present])
-    except (OSError, pa.ArrowInvalid) as err:
+    except (OSError, pa.ArrowInvalid, UnicodeDecodeError) as err:
         raise error(f"{path}: cannot read {what}: {err}") from err
+
+
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+MAX_NAME_BYTES = 200
+
+
+def safe_file_name(text: str, suffix: str = "") -> str:
+    """A file name for ``text`` (an id or name read from data) that stays one plain, visible name inside its folder,
+    plus ``suffix`` (e.g. ``".png"``). Characters other than letters, digits, ``.``, ``_`` and ``-`` become ``_``, as
+    do a leading ``.`` (a hidden file) and a leading ``-`` (option-like; formula-like in a spreadsheet). A name that
+    had to change, or is longer than :data:`MAX_NAME_BYTES`, is cut to that length and gets ``-`` and an 8-hex-digit
+    hash of ``text``, so that different texts never share a name."""
+    safe = _UNSAFE_NAME.sub("_", text)
+    if safe.startswith((".", "-")):
+        safe = f"_{safe[1:]}"
+    if safe != text or not safe or len(safe) > MAX_NAME_BYTES:
+        digest = hashlib.blake2b(text.encode(), digest_size=4).hexdigest()
+        safe = f"{safe[:MAX_NAME_BYTES]}-{digest}"
+    return f"{safe}{suffix}"
+
+
+def path_inside(directory: str | Path, name: str, source: str) -> Path:
+    """``directory / name`` when it resolves inside ``directory`` (``name`` read from ``source``, e.g. a JSON file);
+    otherwise a :class:`~zoobot_pipeline.errors.ZoobotPipelineError` naming ``source`` and ``name``."""
+    directory = Path(directory)
+    path = directory / name
+    if not name or Path(name).is_absolute() or not path.resolve().is_relative_to(directory.resolve()):
+        raise ZoobotPipelineError(f"{source}: path {name!r} is not inside {directory}; refusing to follow it")
+    return path
+
+
+def prepare_output_dir(path: str | Path, *, marker: str, what: str, overwrite: bool = False,
+                       inputs: Sequence[str | Path] = ()) -> Path:
+    """Check that the directory ``path`` may receive a ``what`` (e.g. "checkpoint") before any work starts; returns
+    it. Refused, with a :class:`~zoobot_pipeline.errors.ZoobotPipelineError` naming it: a path that is a file; a path
+    that is, contains or lies inside one of ``inputs``; an existing non-empty directory that is not an earlier output
+    of the same kind (it has no ``marker`` file), unless ``overwrite``. Even then only the files the command writes
+    are replaced (:func:`atomic_directory` with ``own``)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ZoobotPipelineError(f"{path}: exists and is not a directory; choose another output directory")
+    resolved = path.resolve()
+    for source in inputs:
+        other = Path(source).resolve()
+        if resolved == other or resolved.is_relative_to(other) or other.is_relative_to(resolved):
+            raise ZoobotPipelineError(f"{path}: the {what} would be written over or around the input {source}; "
+                                      "choose another output directory")
+    if path.is_dir() and any(path.iterdir()) and not (path / marker).is_file() and not overwrite:
+        raise ZoobotPipelineError(f"{path}: not empty and not a {what} (no {marker}); refusing to write into it. "
+                                  "Choose another output directory, or pass --overwrite to replace only the "
+                                  f"{what}'s own files there")
+    return path

@@ -25,16 +25,26 @@ Queue directory::
     QUEUE/.lock                     held by the run reading the history and writing its files
 
 Every galaxy in a run file counts as queued, so rerunning the same command queues the next ``top_k`` galaxies, never
-one twice: each run writes a new run file and replaces ``queue.parquet``; runs on one directory take turns (the
-lock). The run file is written (atomically) before ``queue.parquet``, so a run killed between the two can leave
-galaxies recorded as queued that are missing from ``queue.parquet`` (its run file still lists them), never a galaxy
-queued twice. Start a fresh queue in a new directory.
+one twice: each run replaces ``queue.parquet`` and writes a new run file; runs on one directory take turns (the
+lock). A run is all or nothing, with one commit point: the rename that puts its ``queue.parquet`` in place. Before it
+the run has left nothing but temporary ``.tmp-*`` files (a rerun ranks the same galaxies again); after it the run is
+done, even if it was killed before writing its run file: the next run, under the lock and before it reads the
+history, writes the missing run file from ``queue.parquet`` (whose metadata names its run) and deletes the ``.tmp-*``
+files killed runs left beside ``queue.parquet``, the run files and the run-key files (no other file). So galaxies
+are never recorded as queued without being in the queue ``queue.parquet`` showed, and never queued twice. Without a
+run key, a run killed after its commit is done: its rerun queues the next galaxies (as after any finished run). Start
+a fresh queue in a new directory.
 
 Exactly once: a run given a ``run_key`` records its creation time under the key before ranking, and its run id follows
 from that time. A later run under the same key (a retry, a job restarted after a crash) finds that run's file and
 returns its table instead of queueing more galaxies, re-writing ``queue.parquet`` from it when it is the latest run
-(the first may have been killed between its two writes); if the first was killed before its run file was written,
-the later one ranks under the same run id.
+(a queue of an earlier version, which wrote the run file first, may have been killed between its two writes); if the
+first was killed before its commit, the later one ranks under the same run id.
+
+Release: ``release`` (a column, and in :func:`rank_settings`) is the catalogue's release name. A catalogue written by
+scoring also records, per tile, a digest of the tile's source ids (``sources_digest``); the settings keep those of the
+tiles the queue draws from (``sources_digests``: tile id to digest), so that a manifest can refuse a release whose
+sources differ (:func:`zoobot_pipeline.active.manifest.write_manifest`).
 """
 
 from __future__ import annotations
@@ -43,7 +53,7 @@ import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -62,8 +72,8 @@ from zoobot_pipeline.io import file_lock, write_json_atomic, write_parquet_atomi
 from zoobot_pipeline.schemas import Schema, get_schema
 
 __all__ = [
-    "KEYS_DIR", "LOCK_FILE", "QUEUE_FILE", "QUEUE_SCHEMA", "RANK_METADATA_KEY", "RUNS_DIR", "labelled_ids",
-    "queued_ids", "rank_catalogue", "rank_settings", "run_file", "run_id_of",
+    "KEYS_DIR", "LOCK_FILE", "QUEUE_FILE", "QUEUE_SCHEMA", "RANK_METADATA_KEY", "RUNS_DIR", "SOURCES_DIGESTS",
+    "labelled_ids", "queued_ids", "rank_catalogue", "rank_settings", "run_file", "run_id_of",
 ]
 
 QUEUE_FILE = "queue.parquet"
@@ -74,6 +84,8 @@ RANK_METADATA_KEY = "zoobot_pipeline.rank"
 _FLOW_KEYS_DIR = "flow-keys"  # where queues of earlier versions recorded their run keys
 _BASE_COLUMNS = ("id_str", "ra", "dec", "tile_id", FLAG)
 _METADATA_KEYS = ("model_sha256", "schema", "release")
+SOURCES_DIGESTS = "sources_digests"  # rank settings key: tile id -> digest of the tile's source ids (from scoring)
+_TMP_PREFIX = ".tmp-"  # temporary files of io.atomic_path
 
 QUEUE_SCHEMA = pa.schema([
     pa.field("rank", pa.int64(), nullable=False, metadata={"description": "1 = most wanted"}),
@@ -118,6 +130,14 @@ def _file_metadata(path: Path) -> tuple[pa.Schema, dict[str, str]]:
         raise ZoobotPipelineError(f"{path}: cannot read catalogue file: {err}") from err
     raw = schema.metadata or {}
     return schema, {k: raw[k.encode()].decode() for k in _METADATA_KEYS if k.encode() in raw}
+
+
+def _tile_digest(schema: pa.Schema) -> tuple[str, str] | None:
+    """``(tile_id, sources_digest)`` of a scoring part file (its metadata), or None for another catalogue file."""
+    raw = schema.metadata or {}
+    if b"tile_id" not in raw or b"sources_digest" not in raw:
+        return None
+    return raw[b"tile_id"].decode(), raw[b"sources_digest"].decode()
 
 
 def labelled_ids(votes: str | Path, schema: Schema, min_votes: int) -> pa.Array:
@@ -212,6 +232,7 @@ class _Scan:
     edges: np.ndarray | None
     magnitude_column: str
     tile_groups: bool
+    digests: dict[str, str] = field(default_factory=dict)
     rows: int = 0
     flagged: int = 0
     labelled: int = 0
@@ -311,6 +332,8 @@ def rank_catalogue(
 
     queue = Path(queue_dir) if queue_dir is not None else None
     with file_lock(queue / LOCK_FILE, wait=True) if queue is not None else nullcontext():
+        if queue is not None:
+            _complete_killed_runs(queue)
         if queue is not None and run_key is not None:
             created = _key_created(queue, run_key, created)
             earlier = run_file(queue, run_id_of(created))
@@ -339,6 +362,9 @@ def rank_catalogue(
             "rows_read": scan.rows, "skipped_flagged": scan.flagged, "skipped_labelled": scan.labelled,
             "skipped_queued": scan.queued, "code_version": __version__, **meta,
         }
+        queued_tiles = sorted(set(table.column("tile_id").to_pylist()))
+        if any(tile in scan.digests for tile in queued_tiles):
+            settings[SOURCES_DIGESTS] = {tile: scan.digests[tile] for tile in queued_tiles if tile in scan.digests}
         table = table.replace_schema_metadata({RANK_METADATA_KEY: json.dumps(settings)})
         if queue is not None:
             _write_queue(table, queue, run_id)
@@ -379,6 +405,9 @@ def _scan_file(scan: _Scan, path: Path, columns: list[str], batch_size: int, met
     missing = [c for c in columns if c not in file_schema.names]
     if missing:
         raise ZoobotPipelineError(f"{path}: missing catalogue column(s) {', '.join(missing)}")
+    tile_digest = _tile_digest(file_schema)
+    if tile_digest is not None:
+        scan.digests.setdefault(*tile_digest)
     offset = 0
     for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns):
         scan.offer(batch, path, offset)
@@ -439,8 +468,35 @@ def _queue_table(rows: dict[str, np.ndarray] | None, questions: list[str], acqui
 
 
 def _write_queue(table: pa.Table, queue_dir: Path, run_id: str) -> None:
+    """Commit the run (``queue.parquet``, one rename), then write its run file (which a killed run leaves to the next
+    run: :func:`_complete_killed_runs`)."""
     run_path = run_file(queue_dir, run_id)
     if run_path.exists():
         raise ZoobotPipelineError(f"{run_path}: a run with this id already exists")
-    write_parquet_atomic(table, run_path)
     write_parquet_atomic(table, queue_dir / QUEUE_FILE)
+    write_parquet_atomic(table, run_path)
+
+
+def _complete_killed_runs(queue_dir: Path) -> None:
+    """What a run killed in ``queue_dir`` left, put right (under the queue lock): its ``.tmp-*`` files are deleted, and
+    a committed run (``queue.parquet`` in place) whose run file is missing gets it, written from ``queue.parquet``."""
+    for folder, pattern in ((queue_dir, f"{QUEUE_FILE}.*"), (queue_dir / RUNS_DIR, "*.parquet.*"),
+                            (queue_dir / KEYS_DIR, "*.json.*")):
+        if folder.is_dir():
+            for stale in folder.glob(f"{_TMP_PREFIX}{pattern}"):  # only the temporary files of the files runs write
+                if stale.is_file() and not stale.is_symlink():
+                    stale.unlink(missing_ok=True)
+    latest = queue_dir / QUEUE_FILE
+    if not latest.is_file():
+        return
+    try:
+        table = pq.read_table(latest)
+    except (OSError, pa.ArrowInvalid) as err:
+        raise ZoobotPipelineError(f"{latest}: cannot read the queue: {err}; move it aside to start again from the "
+                                  f"run files in {queue_dir / RUNS_DIR}") from err
+    try:
+        run_id = rank_settings(table)["run_id"]
+    except (ZoobotPipelineError, ValueError, KeyError, TypeError):
+        return  # not a queue written by rank_catalogue: nothing to complete
+    if isinstance(run_id, str) and run_id and Path(run_id).name == run_id and not run_file(queue_dir, run_id).exists():
+        write_parquet_atomic(table, run_file(queue_dir, run_id))

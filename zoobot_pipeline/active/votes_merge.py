@@ -2,10 +2,11 @@
 
 Both files are votes catalogues (``id_str`` plus one whole-count column per label column of the tree, see
 :mod:`zoobot_pipeline.data.votes`); a file with a column the tree does not know, or without one it needs, is refused
-with the columns named. Counts of galaxies already labelled are added; new galaxies are appended after the labelled
-ones, in the new file's order. The output is written atomically (it may replace the labelled file itself) and its
-Parquet metadata lists the sha256 of every votes file merged into it, so merging the same file twice is refused
-instead of counting its votes twice.
+with the columns named, and so are votes that break the tree, in either file or in the sum
+(:func:`~zoobot_pipeline.data.votes.check_tree`, as every reader of votes). Counts of galaxies already labelled are
+added; new galaxies are appended after the labelled ones, in the new file's order. The output is written atomically
+(it may replace the labelled file itself) and its Parquet metadata lists the sha256 of every votes file merged into
+it, so merging the same file twice is refused instead of counting its votes twice.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from zoobot_pipeline.data.votes import VotesError, read_votes, vote_matrix
+from zoobot_pipeline.data.votes import VotesError, check_tree, read_votes, vote_matrix
 from zoobot_pipeline.io import file_sha256, write_parquet_atomic
 from zoobot_pipeline.schemas import Schema, get_schema
 
@@ -50,7 +51,15 @@ def _merged_sources(path: Path) -> list[str]:
     if path.suffix.lower() != ".parquet":
         return []
     metadata = pq.read_schema(path).metadata or {}
-    return list(json.loads(metadata[MERGED_KEY])) if MERGED_KEY in metadata else []
+    if MERGED_KEY not in metadata:
+        return []
+    try:
+        sources = json.loads(metadata[MERGED_KEY])
+    except ValueError as err:
+        raise VotesError(f"{path}: unreadable {MERGED_KEY.decode()!r} metadata ({err})") from err
+    if not isinstance(sources, list) or not all(isinstance(digest, str) for digest in sources):
+        raise VotesError(f"{path}: {MERGED_KEY.decode()!r} metadata is not a list of sha256 digests")
+    return sources
 
 
 def merge_votes(labelled: str | Path, new: str | Path, out: str | Path,
@@ -60,6 +69,9 @@ def merge_votes(labelled: str | Path, new: str | Path, out: str | Path,
     labelled, new, out = Path(labelled), Path(new), Path(out)
     old_table, new_table = _read(labelled, tree), _read(new, tree)
     digest = file_sha256(new)
+    if labelled.resolve() == new.resolve() or digest == file_sha256(labelled):
+        raise VotesError(f"{new}: is the labelled votes catalogue {labelled} itself (same content); merging it would "
+                         "count its votes twice")
     merged_sources = _merged_sources(labelled)
     if digest in merged_sources:
         raise VotesError(f"{new}: already merged into {labelled} (sha256 {digest[:12]}...); its votes would count "
@@ -77,5 +89,6 @@ def merge_votes(labelled: str | Path, new: str | Path, out: str | Path,
 
     columns = {"id_str": ids, **{c: pa.array(counts[:, j]) for j, c in enumerate(tree.label_cols)}}
     table = pa.table(columns).replace_schema_metadata({MERGED_KEY: json.dumps([*merged_sources, digest])})
+    check_tree(table, tree, f"{out} (the sum of {labelled} and {new})")
     write_parquet_atomic(table, out)
     return table

@@ -14,6 +14,8 @@ linked batch)::
     {"endpoint": ..., "project": "12", "subject_set": "34",
      "subjects": {"<id_str>": {"subject_id": "5678", "linked": true}, ...}}
 
+A failure part way raises :class:`UploadError` saying what failed and where the state file is (or that none was
+written yet, when nothing was created); an endpoint that does not answer as Panoptes does is named as such.
 A rerun after a failure never creates a subject the state file knows: it links those created but not yet linked,
 then uploads the rest. Two gaps remain, both outside this module's reach: a subject that Panoptes created but whose
 response never arrived is unknown to the state file and is created again (at most one per interruption), and
@@ -94,14 +96,21 @@ def load_state(path: str | Path, endpoint: str, project_id: int | str, subject_s
     """The state file's contents, or a fresh state; a file recording another endpoint or project is an error."""
     path = Path(path)
     target = {"endpoint": endpoint, "project": str(project_id), "subject_set": str(subject_set_id)}
-    if not path.is_file():
+    if not path.exists():
         return {**target, "subjects": {}}
     try:
         state = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: unreadable upload state ({err})") from err
+    except (OSError, ValueError) as err:  # a directory, unreadable, not UTF-8, not JSON
+        raise ValueError(f"{path}: unreadable upload state ({err}); it records which subjects were uploaded: restore "
+                         "it, or move it away to upload every subject again") from err
     if not isinstance(state, dict) or not isinstance(state.get("subjects"), dict):
         raise ValueError(f"{path}: upload state has no 'subjects' mapping")
+    broken = [id_str for id_str, entry in state["subjects"].items()
+              if not (isinstance(entry, dict) and isinstance(entry.get("subject_id"), str)
+                      and isinstance(entry.get("linked"), bool))]
+    if broken:
+        raise ValueError(f"{path}: upload state entries without a 'subject_id' string and a 'linked' true/false, e.g. "
+                         f"{broken[:3]}")
     for key, value in target.items():
         if state.get(key) != value:
             raise ValueError(f"{path}: records uploads with {key} {state.get(key)!r}, not {value!r}")
@@ -116,6 +125,8 @@ def upload_manifest(manifest_dir: str | Path, project_id: int | str, subject_set
     if link_batch_size < 1:
         raise ValueError(f"link_batch_size must be at least 1, got {link_batch_size}")
     endpoint = endpoint.rstrip("/")
+    if Path(manifest_dir).name == MANIFEST_FILE and Path(manifest_dir).is_file():
+        manifest_dir = Path(manifest_dir).parent  # the manifest file given instead of its folder
     rows = read_manifest(manifest_dir)
     path = state_path(manifest_dir, subject_set_id)
     state = load_state(path, endpoint, project_id, subject_set_id)
@@ -174,8 +185,26 @@ def _upload(report: UploadReport, state: dict[str, Any], endpoint: str, project_
                     pending = []
             if pending:
                 link(subject_set, pending)
-    except (PanoptesAPIException, requests.RequestException) as err:
-        raise UploadError(
-            f"upload to subject set {subject_set_id} at {endpoint} stopped ({report.created} subjects created, "
-            f"{report.linked} linked in this run): {err}; {report.state_file} records what was done, rerun to resume"
-        ) from err
+    except (PanoptesAPIException, requests.RequestException, KeyError, IndexError) as err:
+        raise UploadError(f"upload to subject set {subject_set_id} at {endpoint} stopped ({report.created} subjects "
+                          f"created, {report.linked} linked in this run): {_reason(err, endpoint)}; "
+                          f"{_where_state(report.state_file)}") from err
+
+
+def _reason(err: Exception, endpoint: str) -> str:
+    """What failed, in words: panoptes-client's bare ``KeyError('x-csrf-token')`` means the endpoint is not Panoptes."""
+    import requests
+
+    if isinstance(err, KeyError | IndexError | requests.JSONDecodeError):
+        missing = f" (its answer lacked {err})" if isinstance(err, KeyError) else ""
+        return (f"{endpoint} did not answer as a Panoptes (Zooniverse API) server does{missing}; check --endpoint "
+                f"(the Zooniverse API is at {DEFAULT_ENDPOINT})")
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _where_state(state_file: Path) -> str:
+    """Where the upload state is, or that there is none yet."""
+    if state_file.is_file():
+        return f"{state_file.resolve()} records what was done; rerun to resume"
+    return (f"nothing was recorded (no state file was written; it would be {state_file.resolve()}); rerun to start "
+            "again")

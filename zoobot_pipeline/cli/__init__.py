@@ -1,7 +1,9 @@
 """The ``zoobot-pipeline`` command line. Each sub-command is a thin call into the library.
 
 One module per command group (:mod:`.data`, :mod:`.train`, :mod:`.score`, :mod:`.queue`); :mod:`._options` holds
-what they share, including the one handler that turns bad input into ``error: <message>`` and exit code 2.
+what they share, including the one handler that turns every error into one line, ``error: <message>``: bad input
+(and a path the user can fix) exits 2, a failed outside service or a full disk 1, and an unexpected exception 1 with
+its full traceback written to a file the line names.
 """
 
 from __future__ import annotations

@@ -1,11 +1,22 @@
 """What the command groups share: the consoles, choice types built from the library's own lists, option types, the
-training options of ``pretrain`` and ``finetune``, and the one handler of user errors."""
+training options of ``pretrain`` and ``finetune``, and the one handler of errors (:class:`UserErrorsGroup`).
+
+Every error ends as one line on stderr, never a traceback: bad input (:data:`USER_ERRORS`, and OS errors that the
+user can fix: a path that cannot be written or read, a file where a directory is needed) exits 2; a failed outside
+service (:class:`~zoobot_pipeline.errors.ServiceError`, e.g. an upload) and a full disk exit 1; anything else is an
+internal error: exit 1, with the full traceback written to a file under :func:`traceback_dir` that the line names.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import inspect
+import os
+import tempfile
+import time
+import traceback
 from collections.abc import Callable, Iterable
 from enum import StrEnum
 from pathlib import Path
@@ -17,18 +28,30 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
+from zoobot_pipeline._version import __version__
 from zoobot_pipeline.data.render import IMAGE_FORMATS
-from zoobot_pipeline.errors import UploadError, ZoobotPipelineError
+from zoobot_pipeline.errors import ServiceError, ZoobotPipelineError
 
 console = Console()
 error_console = Console(stderr=True, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 USER_ERRORS = (ZoobotPipelineError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-               PermissionError)
+               PermissionError, FileExistsError)
 """Errors that mean the input was wrong: one line on stderr and exit 2, never a traceback."""
 USER_ERROR_EXIT = 2
 UPLOAD_FAILED_EXIT = 1
+"""Exit code of a failed outside service (an upload): a rerun may succeed."""
+FAILED_EXIT = 1
+"""Exit code of an environment failure (a full disk) or an internal error."""
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+MAX_MESSAGE = 500
+"""Longest message of an internal error shown on its line (the traceback file has all of it)."""
+_CLICK_EXCEPTIONS = (typer.Exit, typer.Abort,
+                     *(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"))
+"""What click (typer's own copy, in recent typer) handles itself: exits, aborts and usage errors."""
+_CLICK_CONTEXT = [c for c in typer.Context.__mro__ if c.__name__ == "Context"][-1]
+"""click's context class (typer's commands run in it, not in its subclass ``typer.Context``)."""
 
 
 def choices(name: str, values: Iterable[str]) -> type[StrEnum]:
@@ -52,34 +75,159 @@ def print_error(message: str) -> None:
     error_console.print(f"[bold red]error:[/] {escape(' '.join(message.split()))}", highlight=False)
 
 
+def _command_context(err: BaseException) -> Any:
+    """The context of the command that raised ``err`` (the innermost click context on its traceback), if any."""
+    found = None
+    for frame, _ in traceback.walk_tb(err.__traceback__):
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, _CLICK_CONTEXT):
+            found = candidate
+    return found
+
+
+def _option_names(err: BaseException) -> dict[str, str]:
+    """Parameter name -> how the user wrote it (``input_size`` -> ``--input-size``) for the failing command."""
+    ctx = _command_context(err)
+    if ctx is None:
+        return {}
+    return {param.name: param.opts[0] for param in ctx.command.params if param.name and param.opts}
+
+
 def error_message(err: BaseException) -> str:
-    """One line for a user error: pydantic errors name each field, OS errors their file."""
+    """One line for a user error: pydantic errors name each field (and the option it came from, where a field is
+    named as an option of the command), OS errors their file and what to do."""
     if isinstance(err, pydantic.ValidationError):
+        options = _option_names(err)
         problems = []
         for problem in err.errors(include_url=False):
             text = problem["msg"].removeprefix("Value error, ")
             if problem["loc"]:
-                text = f"{'.'.join(map(str, problem['loc']))}: {text} (got {problem['input']!r})"
+                field = ".".join(map(str, problem["loc"]))
+                option = options.get(str(problem["loc"][0])) if len(problem["loc"]) == 1 else None
+                text = f"{field}{f' ({option})' if option else ''}: {text} (got {problem['input']!r})"
             problems.append(text)
         return f"invalid {err.title}: {'; '.join(problems)}"
-    if isinstance(err, OSError) and err.filename is not None and err.strerror:
-        return f"{err.filename}: {err.strerror}"
+    if isinstance(err, OSError):
+        return os_error_message(err)[0]
     return str(err)
 
 
+def _shown_path(err: OSError) -> str | None:
+    """The path an OS error is about: the destination of a rename, and the folder of a temporary file."""
+    name = err.filename2 if err.filename2 is not None else err.filename
+    if name is None:
+        return None
+    path = Path(os.fsdecode(name))
+    return str(path.parent) if path.name.startswith((".tmp-", ".old-")) else str(path)
+
+
+def _file_above(path: Path) -> Path | None:
+    """The nearest existing ancestor of ``path`` (or ``path`` itself) that is not a directory."""
+    for candidate in (path, *path.parents):
+        if candidate.exists() or candidate.is_symlink():
+            return None if candidate.is_dir() else candidate
+    return None
+
+
+def os_error_message(err: OSError) -> tuple[str, int]:
+    """One line for an OS error, naming the path and what to do, and the exit code: 2 when the user can fix it by
+    choosing another path; 1 for a full disk, and for any other OS error (the environment failed)."""
+    path = _shown_path(err)
+    reason = err.strerror or str(err)
+    if path is None:  # pyarrow's errors carry the path in the text only
+        if err.errno in NO_SPACE:
+            ctx = _command_context(err)
+            out = ctx.params.get("out") if ctx is not None else None
+            where = f" while writing {out}" if out is not None else ""
+            return (f"no space left on device{where} ({reason}); free some space or choose another location, then "
+                    "rerun"), FAILED_EXIT
+        return reason, USER_ERROR_EXIT if isinstance(err, USER_ERRORS) else FAILED_EXIT
+    if err.errno in NO_SPACE:
+        return (f"{path}: no space left on device; free some space or choose another location, then rerun",
+                FAILED_EXIT)
+    if isinstance(err, PermissionError) or err.errno == errno.EROFS:
+        return (f"{path}: {reason}; check its permissions (and its folder's) or choose a location you can write to",
+                USER_ERROR_EXIT)
+    if isinstance(err, NotADirectoryError | FileExistsError):
+        above = _file_above(Path(path))
+        if above is not None:
+            what = "is a file" if above == Path(path) else f"{above} is a file"
+            return (f"{path}: {what}, where a directory is needed; choose another path (or move the file)",
+                    USER_ERROR_EXIT)
+        return f"{path}: {reason}; choose another path", USER_ERROR_EXIT
+    if isinstance(err, IsADirectoryError):
+        return f"{path}: is a directory, where a file is needed; give a file's path", USER_ERROR_EXIT
+    if err.errno == errno.ENAMETOOLONG:
+        return f"{path}: file name too long; choose a shorter path", USER_ERROR_EXIT
+    if isinstance(err, FileNotFoundError):
+        return f"{path}: {reason}", USER_ERROR_EXIT
+    return f"{path}: {reason}", FAILED_EXIT
+
+
+def traceback_dir() -> Path:
+    """Where internal errors' tracebacks are written: ``$XDG_STATE_HOME/zoobot-pipeline`` (default
+    ``~/.local/state/zoobot-pipeline``)."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "zoobot-pipeline"
+
+
+def write_traceback(err: BaseException, command: str) -> Path | None:
+    """Write ``err``'s full traceback to a new file under :func:`traceback_dir` (else the system temporary folder);
+    returns its path, or None if neither can be written."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    text = (f"zoobot-pipeline {__version__}: internal error in {command!r} at {stamp}Z (UTC)\n\n"
+            + "".join(traceback.format_exception(err)))
+    for folder in (traceback_dir(), Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f"traceback-{stamp}-{os.getpid()}-", suffix=".txt", dir=folder)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+            return Path(name)
+        except OSError:
+            continue
+    return None
+
+
+def internal_error(err: BaseException, message: str | None = None) -> None:
+    """Report an unexpected error as one line naming the file with its full traceback."""
+    ctx = _command_context(err)
+    command = ctx.command_path if ctx is not None else "zoobot-pipeline"
+    path = write_traceback(err, command)
+    text = message or " ".join(f"{type(err).__name__}: {err}".split())
+    if len(text) > MAX_MESSAGE:
+        text = f"{text[:MAX_MESSAGE]}..."
+    where = f"full traceback in {path}" if path is not None else "the traceback could not be written to a file"
+    print_error(f"internal error: {text}; {where}")
+    if path is None:
+        error_console.print(escape("".join(traceback.format_exception(err))), highlight=False)
+
+
 class UserErrorsGroup(TyperGroup):
-    """The command group whose commands report a user error as one line (:func:`print_error`) and exit 2, and a
-    failed upload the same way with exit 1, instead of a traceback."""
+    """The command group that turns every error into one line on stderr (see the module docstring for the exit
+    codes) instead of a traceback."""
 
     def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except UploadError as err:
+        except _CLICK_EXCEPTIONS:
+            raise
+        except ServiceError as err:
             print_error(str(err))
             raise typer.Exit(UPLOAD_FAILED_EXIT) from None
+        except OSError as err:
+            message, code = os_error_message(err)
+            if code == USER_ERROR_EXIT or err.errno in NO_SPACE:
+                print_error(message)
+            else:
+                internal_error(err, message)
+            raise typer.Exit(code) from None
         except USER_ERRORS as err:
             print_error(error_message(err))
             raise typer.Exit(USER_ERROR_EXIT) from None
+        except Exception as err:  # noqa: BLE001 - the last line of defence: one line, traceback to a file
+            internal_error(err)
+            raise typer.Exit(FAILED_EXIT) from None
 
 
 Epochs = Annotated[int, typer.Option(help="Maximum epochs (early stopping on validation loss may end sooner).")]

@@ -105,19 +105,27 @@ def render(
     size: Annotated[int, typer.Option(help="Image side in pixels (Galaxy Zoo uses 424).")] = 424,
     image_format: FormatOption = "png",
 ) -> None:
-    """Render colour cutouts of sources as Galaxy Zoo shows them (at most 1 MiB each)."""
+    """Render colour cutouts of sources as Galaxy Zoo shows them (at most 1 MiB each), one file per source in --out,
+    named after its id_str (made file-safe, with a hash, where the id is not a plain file name)."""
     from zoobot_pipeline.data.cutouts import release_cutouts
     from zoobot_pipeline.data.release import Release
-    from zoobot_pipeline.data.render import render_image
+    from zoobot_pipeline.data.render import check_image_size, render_image
+    from zoobot_pipeline.io import safe_file_name
 
+    check_image_size(size, "--size")
+    if limit < 1:
+        raise ZoobotPipelineError(f"--limit {limit}: must be at least 1 (the number of sources to render)")
+    if out.exists() and not out.is_dir():
+        raise ZoobotPipelineError(f"--out {out}: exists and is not a directory; choose a directory for the images")
     opened = Release.open(release)
     known = opened.sources["id_str"].to_pylist()
-    wanted = list(ids) if ids else known[:limit]
+    wanted = list(dict.fromkeys(ids)) if ids else known[:limit]
     unknown = set(wanted) - set(known)
     if unknown:
         raise ZoobotPipelineError(f"{release}: no sources with id_str {sorted(unknown)[:5]}")
     written = 0
     for id_str, cut in release_cutouts(opened, wanted):
-        render_image(cut.data, out / f"{id_str}.{image_format.value}", opened.bands, size, fmt=image_format.value)
+        name = safe_file_name(id_str, f".{image_format.value}")
+        render_image(cut.data, out / name, opened.bands, size, fmt=image_format.value)
         written += 1
     console.print(f"wrote {written} images to {out}")

@@ -93,7 +93,9 @@ def queue_manifest(
 ) -> None:
     """Write a Zooniverse subject manifest (CSV + one colour image per galaxy, #priority = rank)."""
     from zoobot_pipeline.active.manifest import read_manifest, write_manifest
+    from zoobot_pipeline.data.render import check_image_size
 
+    check_image_size(size, "--size")
     path = write_manifest(queue, release, out, image_format.value, size=size)
     console.print(f"wrote {path} with {len(read_manifest(out))} subjects")
 

@@ -30,7 +30,8 @@ def score(
     batch_size: Annotated[int, typer.Option(help="Galaxies per onnxruntime call.")] = 32,
     chunk_size: Annotated[int, typer.Option(help="Sources per unit of work (a tile is split into chunks).")] = 256,
     mc_samples: Annotated[int | None, typer.Option(
-        help="MC-dropout samples per galaxy (default: the package's; 0: one pass, dropout off).")] = None,
+        help="MC-dropout samples per galaxy, at most 1000 (default: the package's; 0: one pass, dropout off).")]
+    = None,
     seed: Annotated[int, typer.Option(help="Seed of the dropout masks (with each galaxy's id_str).")] = 0,
     device: Annotated[Device, typer.Option(help=f"onnxruntime device: {one_of(DEVICES)}.")] = "cpu",
     variant: Annotated[Variant, typer.Option(help=f"Package precision variant: {one_of(PRECISION_VARIANTS)}.")]

@@ -17,6 +17,9 @@ app = typer.Typer()
 
 FinetuneTask = choices("FinetuneTask", TASKS)
 Precision = choices("Precision", REDUCED_PRECISIONS)
+Overwrite = Annotated[bool, typer.Option(
+    help="Replace an existing --out that is not this command's earlier output (only the files this command writes "
+         "are replaced).")]
 
 
 def _preprocessing(name: str, input_size: int) -> PreprocessingConfig:
@@ -50,6 +53,7 @@ def pretrain(
     input_size: Annotated[int, typer.Option(help="Model input size in pixels.")] = 224,
     preprocessing: Annotated[str, typer.Option(
         help=f"{', '.join(available_presets())}, or a PreprocessingConfig JSON.")] = "gz_decals",
+    overwrite: Overwrite = False,
     *,
     training: TrainingOptions,
 ) -> None:
@@ -59,7 +63,7 @@ def pretrain(
     config = _preprocessing(preprocessing, input_size)
     model_config = models.ModelConfig.from_preprocessing(config, architecture=architecture, schema_name=schema)
     path = models.pretrain(release, votes or release / "votes.parquet", out, model_config, preprocessing=config,
-                           **training.keywords())
+                           overwrite=overwrite, **training.keywords())
     console.print(f"best checkpoint: {path}")
 
 
@@ -80,6 +84,7 @@ def finetune(
     architecture: Annotated[str, typer.Option(help="With --from-scratch: the timm architecture.")]
     = "efficientnet_b0",
     input_size: Annotated[int, typer.Option(help="With --from-scratch: input size in pixels.")] = 224,
+    overwrite: Overwrite = False,
     *,
     training: TrainingOptions,
 ) -> None:
@@ -96,7 +101,7 @@ def finetune(
         preprocessing = preset("gz_decals", input_size)
         model_config = models.ModelConfig.from_preprocessing(preprocessing, architecture=architecture)
     path = models.finetune(checkpoint, release, labels, out, config, model_config=model_config,
-                           preprocessing=preprocessing, **training.keywords())
+                           preprocessing=preprocessing, overwrite=overwrite, **training.keywords())
     console.print(f"best checkpoint: {path}")
 
 
@@ -111,12 +116,13 @@ def export_model(
     calibration_release: Annotated[Path | None, typer.Option(
         help="Release whose galaxies calibrate int8 and check the variants' accuracy against fp32.")] = None,
     n_volunteers: Annotated[int, typer.Option(help="Volunteers per galaxy assumed for vote-space uncertainty.")] = 40,
+    overwrite: Overwrite = False,
 ) -> None:
     """Export a checkpoint to an ONNX model package, checked against the framework's own output."""
     from zoobot_pipeline.export import ModelPackage, export_package
 
     path = export_package(checkpoint, out, mc_samples=mc_samples, variants=[v.value for v in variant or ()],
-                          calibration_release=calibration_release, n_volunteers=n_volunteers)
+                          calibration_release=calibration_release, n_volunteers=n_volunteers, overwrite=overwrite)
     package = ModelPackage.open(path)
     table = Table("variant", "file", "sha256", "check", title=f"model package {path}")
     for name, entry in package.meta["variants"].items():

@@ -31,7 +31,7 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from zoobot_pipeline.errors import check_name
 
@@ -53,7 +53,7 @@ class CutoutSizing(BaseModel):
     finite, positive size gets the fixed ``size_px``. Set ``r50_factor=None`` for fixed-size cutouts.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", title="cutout sizing")
 
     size_px: int = Field(default=128, ge=1)
     r50_factor: float | None = Field(default=5.0, gt=0)
@@ -76,7 +76,7 @@ class CutoutSizing(BaseModel):
 class PreprocessingConfig(BaseModel):
     """Serialisable preprocessing parameters (see the module docstring for the steps)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", title="preprocessing settings")
 
     bands: tuple[str, ...] = Field(min_length=1)
     band_scales: tuple[float, ...] | None = None
@@ -93,6 +93,14 @@ class PreprocessingConfig(BaseModel):
     crop_fraction: float = Field(default=1.0, gt=0, le=1)
     input_size: int = Field(default=224, ge=1)
     cutout: CutoutSizing = Field(default_factory=CutoutSizing)
+
+    @field_validator("input_size", mode="before")
+    @classmethod
+    def _plain_input_size(cls, value: object) -> object:
+        """Say what ``input_size`` is when it is too small (the ``ge=1`` bound stays, for the schema)."""
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            raise ValueError("the side of the images, in pixels, must be at least 1")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> PreprocessingConfig:

@@ -9,8 +9,13 @@ Release directory layout::
 
 The per-band layout uses a folder per tile rather than ``{tile_id}_{band}.fits`` because tile ids often contain
 underscores. ``release.json`` may list the tile ids under ``tiles`` (each must then have a file), or map tile ids to
-paths relative to the release to override the discovery. Every image must carry a celestial WCS. Tiles are
-memory-mapped and opened only when asked for.
+paths relative to the release to override the discovery (each must resolve inside the release directory). Every
+image must carry a celestial WCS. Tiles are memory-mapped and opened only when asked for.
+
+The source catalogue is checked when a release is opened: at least one row; ``id_str`` present, not blank and unique
+(across all tiles); ``ra`` in [0, 360) and ``dec`` in [-90, 90] degrees, finite; ``tile_id`` a plain name (no ``/``,
+``\\``, and not ``.`` or ``..``), since it names the tile's file. Each refusal is a :class:`ReleaseError` naming the
+file, the column and example rows.
 
 Image catalogue (Zoobot convention): a CSV or Parquet file with ``id_str`` and ``file_loc`` (absolute, or relative to
 the catalogue's folder) pointing at FITS, PNG or JPEG cutouts, read by :func:`load_cutout_file`.
@@ -18,7 +23,6 @@ the catalogue's folder) pointing at FITS, PNG or JPEG cutouts, read by :func:`lo
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -33,8 +37,9 @@ from astropy.wcs import WCS
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from zoobot_pipeline.errors import ReleaseError
-from zoobot_pipeline.io import read_table
+from zoobot_pipeline._safe_load import load_json_object
+from zoobot_pipeline.errors import ReleaseError, ZoobotPipelineError
+from zoobot_pipeline.io import path_inside, read_table
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -46,6 +51,7 @@ __all__ = [
     "Tile",
     "load_cutout_file",
     "open_release",
+    "plain_tile_id",
 ]
 
 SOURCE_COLUMNS: tuple[str, ...] = ("id_str", "ra", "dec", "tile_id")
@@ -69,23 +75,78 @@ class ReleaseInfo(BaseModel):
     tiles: list[str] | dict[str, str] | None = None
 
 
+def _rows(mask: np.ndarray, table: pa.Table, limit: int = 5) -> str:
+    """``row 3 (id_str 'a'), row 7 (id_str 'b')``: the first ``limit`` rows where ``mask`` is true (0-based)."""
+    ids = table["id_str"]
+    return ", ".join(f"row {row} (id_str {ids[int(row)].as_py()!r})" for row in np.flatnonzero(mask)[:limit])
+
+
 def _check_columns(table: pa.Table, required: Sequence[str], path: Path) -> pa.Table:
-    """Check required columns exist and ``id_str`` is unique; cast ``id_str``/``tile_id`` to strings."""
+    """Check the table has rows and the required columns, without nulls, and that ``id_str`` is unique and not blank;
+    cast ``id_str``/``tile_id``/``file_loc`` to strings."""
     missing = [c for c in required if c not in table.column_names]
     if missing:
         raise ReleaseError(f"{path}: missing required column(s) {', '.join(missing)}")
+    if table.num_rows == 0:
+        raise ReleaseError(f"{path}: the table has no rows; a release needs at least one source")
     with_nulls = [c for c in required if table[c].null_count]
     if with_nulls:
         raise ReleaseError(f"{path}: null values in required column(s) {', '.join(with_nulls)}")
     for name in ("id_str", "tile_id", "file_loc"):
         if name in table.column_names and not pa.types.is_string(table.schema.field(name).type):
-            table = table.set_column(table.schema.get_field_index(name), name, pc.cast(table[name], pa.string()))
+            try:
+                cast = pc.cast(table[name], pa.string())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+                raise ReleaseError(f"{path}: column {name!r} of type {table.schema.field(name).type} cannot be read "
+                                   f"as text ({err})") from None
+            table = table.set_column(table.schema.get_field_index(name), name, cast)
+    blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(table["id_str"])), 0).to_numpy(zero_copy_only=False)
+    if blank.any():
+        raise ReleaseError(f"{path}: column 'id_str' is empty or blank in {int(blank.sum())} row(s): "
+                           f"{_rows(blank, table)}; every source needs an id")
     counts = pc.value_counts(table["id_str"])
     duplicated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
     if len(duplicated):
         shown = ", ".join(duplicated.to_pylist()[:5])
-        raise ReleaseError(f"{path}: {len(duplicated)} duplicate id_str value(s), e.g. {shown}")
+        first = pc.is_in(table["id_str"], value_set=duplicated.slice(0, 1)).to_numpy(zero_copy_only=False)
+        tiles = table["tile_id"] if "tile_id" in table.column_names else None
+        where = " and ".join(f"row {row}" + (f" (tile {tiles[int(row)].as_py()!r})" if tiles is not None else "")
+                             for row in np.flatnonzero(first)[:5])
+        raise ReleaseError(f"{path}: {len(duplicated)} duplicate id_str value(s), e.g. {shown}: "
+                           f"{duplicated[0].as_py()!r} is at {where}; every id_str must be unique")
     return table
+
+
+def plain_tile_id(tile_id: str) -> bool:
+    """Whether ``tile_id`` can name a file in ``tiles/``: not empty, not ``.`` or ``..``, and without ``/``, ``\\``
+    or NUL (so ``tiles/{tile_id}.fits`` stays a plain entry of ``tiles/``)."""
+    return tile_id not in ("", ".", "..") and not any(c in tile_id for c in "/\\\0")
+
+
+def _check_sources(table: pa.Table, path: Path) -> None:
+    """Positions finite and on the sky (ra in [0, 360), dec in [-90, 90] degrees); tile ids plain names."""
+    for name, low, high, high_open in (("ra", 0.0, 360.0, True), ("dec", -90.0, 90.0, False)):
+        column = table[name]
+        if not (pa.types.is_floating(column.type) or pa.types.is_integer(column.type)):
+            raise ReleaseError(f"{path}: column {name!r} must hold numbers (degrees), not {column.type}")
+        values = column.to_numpy().astype(np.float64)
+        finite = np.isfinite(values)
+        if not finite.all():
+            raise ReleaseError(f"{path}: column {name!r} has {int((~finite).sum())} non-finite value(s) (NaN or "
+                               f"infinity): {_rows(~finite, table)}")
+        outside = (values < low) | ((values >= high) if high_open else (values > high))
+        if outside.any():
+            interval = f"[{low:g}, {high:g})" if high_open else f"[{low:g}, {high:g}]"
+            examples = ", ".join(f"{values[int(row)]:g}" for row in np.flatnonzero(outside)[:5])
+            raise ReleaseError(f"{path}: column {name!r} has {int(outside.sum())} value(s) outside {interval} degrees "
+                               f"({examples}): {_rows(outside, table)}")
+    tile_ids = pc.unique(table["tile_id"]).to_pylist()
+    bad = [tile_id for tile_id in tile_ids if not plain_tile_id(tile_id)]
+    if bad:
+        mask = pc.is_in(table["tile_id"], value_set=pa.array(bad[:5], pa.string())).to_numpy(zero_copy_only=False)
+        raise ReleaseError(f"{path}: column 'tile_id' has {len(bad)} value(s) that are not plain names (a tile id "
+                           f"names its file under tiles/, so it may not hold '/' or '\\' or be '.' or '..'): "
+                           f"{', '.join(map(repr, bad[:5]))}, e.g. {_rows(mask, table, 3)}")
 
 
 def _open_fits(path: Path) -> fits.HDUList:
@@ -206,7 +267,7 @@ class Release:
         self.sources = sources if grouped else sources.take(pc.sort_indices(tiles))
         ids = self.sources["tile_id"].to_numpy(zero_copy_only=False)
         starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.array([], dtype=np.int64)
-        ends = np.r_[starts[1:], len(ids)]
+        ends = np.r_[starts[1:], len(ids)] if len(ids) else np.array([], dtype=np.int64)
         self._slices = {str(ids[a]): (int(a), int(b - a)) for a, b in zip(starts, ends, strict=True)}
 
     @classmethod
@@ -221,22 +282,30 @@ class Release:
         as failed and goes on).
         """
         path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise ReleaseError(f"{path}: not a release directory (it is a file); give the directory that holds "
+                               "release.json")
         meta_path = path / "release.json"
-        if not meta_path.is_file():
+        if not meta_path.exists() and not meta_path.is_symlink():
             raise ReleaseError(f"{meta_path}: release.json not found")
         try:
-            info = ReleaseInfo.model_validate(json.loads(meta_path.read_text()))
-        except json.JSONDecodeError as exc:
-            raise ReleaseError(f"{meta_path}: invalid JSON ({exc})") from exc
+            info = ReleaseInfo.model_validate(load_json_object(meta_path, ReleaseError, "release.json"))
+        except FileNotFoundError:  # a dangling symlink
+            raise ReleaseError(f"{meta_path}: release.json not found (a link to a missing file)") from None
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in exc.errors())
             raise ReleaseError(f"{meta_path}: invalid release metadata ({problems})") from exc
+        cls._check_listed_tiles(path, info, meta_path)
         sources_path = path / "sources.parquet"
+        if sources_path.exists() and not sources_path.is_file():
+            kind = "a directory" if sources_path.is_dir() else "not a regular file"
+            raise ReleaseError(f"{sources_path}: is {kind}, not the source catalogue file")
         if not sources_path.is_file():
             raise ReleaseError(f"{sources_path}: sources.parquet not found")
         wanted = None if columns is None else [*SOURCE_COLUMNS, *(c for c in columns if c not in SOURCE_COLUMNS)]
         sources = _check_columns(read_table(sources_path, ReleaseError, "source catalogue", wanted), SOURCE_COLUMNS,
                                  sources_path)
+        _check_sources(sources, sources_path)
         tile_paths = {}
         for tile_id in sorted(pc.unique(sources["tile_id"]).to_pylist()):
             tile_path = cls._locate_tile(path, info, tile_id)
@@ -251,6 +320,20 @@ class Release:
             if tile_id not in tile_paths and cls._locate_tile(path, info, tile_id) is None:
                 raise ReleaseError(f"{meta_path}: tile {tile_id!r} is listed but has no file under {path / 'tiles'}")
         return cls(path, info, sources, tile_paths)
+
+    @staticmethod
+    def _check_listed_tiles(root: Path, info: ReleaseInfo, meta_path: Path) -> None:
+        """Tile ids listed in ``release.json`` are plain names; mapped tile paths resolve inside the release."""
+        bad = [tile_id for tile_id in info.tiles or () if not plain_tile_id(tile_id)]
+        if bad:
+            raise ReleaseError(f"{meta_path}: 'tiles' lists tile id(s) that are not plain names (no '/' or '\\', "
+                               f"not '.' or '..'): {', '.join(map(repr, bad[:5]))}")
+        if isinstance(info.tiles, dict):
+            for tile_id, listed in info.tiles.items():
+                try:
+                    path_inside(root, listed, f"{meta_path}: tiles[{tile_id!r}]")
+                except ZoobotPipelineError as err:
+                    raise ReleaseError(str(err)) from None
 
     @staticmethod
     def _locate_tile(root: Path, info: ReleaseInfo, tile_id: str) -> Path | None:

@@ -23,23 +23,36 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig, preprocess
+from zoobot_pipeline.errors import ZoobotPipelineError
 from zoobot_pipeline.io import atomic_path
 
 __all__ = [
-    "IMAGE_FORMATS", "MAX_IMAGE_BYTES", "ImageFormat", "composite_config", "contact_sheet", "encode_image",
-    "render_image", "render_rgb", "write_image",
+    "IMAGE_FORMATS", "IMAGE_SIZES", "MAX_IMAGE_BYTES", "ImageFormat", "check_image_size", "composite_config",
+    "contact_sheet", "encode_image", "render_image", "render_rgb", "write_image",
 ]
 
 ImageFormat = Literal["png", "jpeg"]
 IMAGE_FORMATS: tuple[str, ...] = get_args(ImageFormat)
 """Image formats of rendered files (:func:`encode_image` also takes ``jpg`` for ``jpeg``)."""
 MAX_IMAGE_BYTES = 1024 * 1024
+IMAGE_SIZES = range(16, 4097)
+"""Image sides (px) that the commands render: from 16 (smaller shows nothing) to 4096 (a 4096 x 4096 RGB image is
+48 MiB in memory before encoding, and Zooniverse takes at most 1 MiB a file)."""
 # Pillow save options per format, tried in order until the file fits: PNG zlib level 4 then 9, JPEG falling quality.
 _PNG = ("PNG", [{"compress_level": level} for level in (4, 9)])
 _JPEG = ("JPEG", [{"quality": quality} for quality in (90, 80, 70, 60, 50, 40)])
 _ENCODINGS: dict[str, tuple[str, list[dict[str, int]]]] = {"png": _PNG, "jpg": _JPEG, "jpeg": _JPEG}
 _CAPTION_LINE = 13  # px per caption line in Pillow's default font (size 10: ascent 10 + descent 3)
 _CAPTION_PAD = 3  # px between a caption and the sides of its cell
+
+
+def check_image_size(size: int, option: str = "size") -> int:
+    """``size`` if it is in :data:`IMAGE_SIZES`, else a :class:`~zoobot_pipeline.errors.ZoobotPipelineError` naming
+    ``option`` (e.g. ``--size``); checked before any work starts."""
+    if size not in IMAGE_SIZES:
+        raise ZoobotPipelineError(f"{option} {size}: the image side must be {IMAGE_SIZES.start} to "
+                                  f"{IMAGE_SIZES.stop - 1} pixels (Galaxy Zoo uses 424)")
+    return size
 
 
 def composite_config(bands: Sequence[str], size: int = 424) -> PreprocessingConfig:

@@ -3,7 +3,10 @@
 ``export_package`` asks the checkpoint's backend for an ONNX graph (see :mod:`zoobot_pipeline.models.backend`), runs
 it with onnxruntime next to the framework on random inputs and the same dropout masks, and refuses to write a
 package whose outputs differ by more than ``rtol``. Optional ``int8`` and ``fp16`` variants carry their measured
-accuracy against fp32. The package directory appears all at once (written beside it, then renamed).
+accuracy against fp32. The package directory appears all at once (written beside it, then renamed). Before any
+work the output is checked (:func:`zoobot_pipeline.io.prepare_output_dir`): not a file, not over or around the
+checkpoint or calibration release, and an existing non-empty directory only when it is an earlier package or with
+``overwrite``; even then only the package's own files (:data:`PACKAGE_FILES`) are replaced, the rest is kept.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ import numpy as np
 
 from zoobot_pipeline._version import __version__
 from zoobot_pipeline.errors import ExportError, PackageError, ZoobotPipelineError, check_name
-from zoobot_pipeline.io import atomic_directory, file_sha256
+from zoobot_pipeline.io import atomic_directory, file_sha256, prepare_output_dir
 from zoobot_pipeline.models.backend import ExportedGraph, checkpoint_backend
 from zoobot_pipeline.models.checkpoint import read_checkpoint_json
 from zoobot_pipeline.runtime.package import (
     INPUT_NAMES,
+    MAX_MC_SAMPLES,
+    MAX_VOLUNTEERS,
     MODEL_JSON,
     OUTPUT_NAMES,
     PACKAGE_FORMAT,
@@ -33,9 +38,11 @@ from zoobot_pipeline.runtime.package import (
 from zoobot_pipeline.runtime.session import dropout_masks, make_session
 from zoobot_pipeline.schemas import schema_from_dict
 
-__all__ = ["ExportError", "ModelPackage", "PackageError", "export_package"]
+__all__ = ["PACKAGE_FILES", "ExportError", "ModelPackage", "PackageError", "export_package"]
 
 FP32_FILE = VARIANT_FILES["fp32"]
+PACKAGE_FILES = (MODEL_JSON, *VARIANT_FILES.values())
+"""The files a model package is made of: the only ones :func:`export_package` replaces in its output directory."""
 
 
 def _parity(graph: ExportedGraph, onnx_path: Path, mc_samples: int, rtol: float, seed: int) -> dict[str, Any]:
@@ -87,13 +94,15 @@ def _training_summary(checkpoint_dir: Path, meta: dict[str, Any]) -> dict[str, A
 def export_package(checkpoint_dir: str | Path, out_dir: str | Path, *, mc_samples: int = 5,
                    variants: Sequence[str] = (), calibration_release: str | Path | None = None,
                    n_calibration: int = 128, n_check: int = 64, n_volunteers: int = 40, rtol: float = 1e-4,
-                   seed: int = 0) -> Path:
+                   seed: int = 0, overwrite: bool = False) -> Path:
     """Export a checkpoint to a model package at ``out_dir``; returns ``out_dir``.
 
     ``variants`` may hold ``"int8"`` (needs ``calibration_release``: its galaxies calibrate the quantizer and check
     accuracy) and ``"fp16"`` (checked on the release's galaxies if given, else on uniform random images).
     ``mc_samples`` is the package's default number of dropout samples; ``n_volunteers`` the votes per galaxy assumed
-    for vote-space uncertainty.
+    for vote-space uncertainty. ``out_dir`` may be an earlier package (replaced); another non-empty directory only
+    with ``overwrite`` (only the package's files are replaced, the rest is kept); never the checkpoint or the
+    calibration release, nor a directory over or inside them.
     """
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
     meta = read_checkpoint_json(checkpoint_dir)
@@ -101,10 +110,14 @@ def export_package(checkpoint_dir: str | Path, out_dir: str | Path, *, mc_sample
         check_name(variant, REDUCED_PRECISIONS, "precision variant")
     if "int8" in variants and calibration_release is None:
         raise ZoobotPipelineError("int8 quantization needs a calibration release (galaxy images to calibrate on)")
-    if mc_samples < 1:
-        raise ZoobotPipelineError(f"mc_samples must be >= 1, got {mc_samples}")
+    if not 1 <= mc_samples <= MAX_MC_SAMPLES:
+        raise ZoobotPipelineError(f"--mc-samples {mc_samples}: must be 1 to {MAX_MC_SAMPLES}")
+    if not 1 <= n_volunteers <= MAX_VOLUNTEERS:
+        raise ZoobotPipelineError(f"--n-volunteers {n_volunteers}: must be 1 to {MAX_VOLUNTEERS}")
+    inputs = [checkpoint_dir] if calibration_release is None else [checkpoint_dir, calibration_release]
+    prepare_output_dir(out_dir, marker=MODEL_JSON, what="model package", overwrite=overwrite, inputs=inputs)
     backend = checkpoint_backend(checkpoint_dir)
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir, own=PACKAGE_FILES, marker=MODEL_JSON) as tmp:
         graph: ExportedGraph = backend.export_onnx(checkpoint_dir, tmp / FP32_FILE)
         parity = _parity(graph, tmp / FP32_FILE, mc_samples, rtol, seed)
         entries: dict[str, Any] = {"fp32": {"file": FP32_FILE, "sha256": file_sha256(tmp / FP32_FILE),

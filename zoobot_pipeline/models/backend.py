@@ -19,7 +19,7 @@ import pyarrow as pa
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
 from zoobot_pipeline.errors import ZoobotPipelineError, check_name
 from zoobot_pipeline.models.checkpoint import CHECKPOINT_JSON, read_checkpoint_json
-from zoobot_pipeline.models.config import DistributedConfig
+from zoobot_pipeline.models.config import DistributedConfig, ModelConfig
 from zoobot_pipeline.models.job import TrainingJob
 from zoobot_pipeline.runtime.package import Task
 
@@ -60,6 +60,11 @@ class Backend(Protocol):
 
     def check_devices(self, distributed: DistributedConfig) -> None:
         """Refuse, before any work starts, devices this framework cannot use here (e.g. GPU workers without CUDA)."""
+        ...
+
+    def check_model(self, model_config: ModelConfig, source: str = "--architecture") -> None:
+        """Refuse, before any work starts, a model this framework cannot build (e.g. an unknown architecture name);
+        the message names ``source``, the option or file the config came from."""
         ...
 
     def train(self, job: TrainingJob, out_dir: str | Path, distributed: DistributedConfig,

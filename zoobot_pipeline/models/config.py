@@ -23,7 +23,9 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    architecture: str = "efficientnet_b0"
+    architecture: str = Field(default="efficientnet_b0", min_length=1, max_length=200,
+                              pattern=r"^[A-Za-z0-9_.:/-]+$")
+    """A timm model name (the backend checks that the framework knows it: ``Backend.check_model``)."""
     schema_name: str = "decals_dr5"
     in_channels: int = Field(default=3, ge=1)
     input_size: int = Field(default=224, ge=8)

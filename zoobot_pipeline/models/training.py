@@ -4,6 +4,9 @@
 :func:`pretrain` and :func:`finetune` plan and check the job without the framework (:mod:`.job`), ask the backend to
 refuse devices it cannot use, then train in this process when ``workers == 1`` and no ``ray_address`` is given, and as
 a Ray Train job otherwise; both write the best model (lowest validation loss) as a normal checkpoint directory.
+Before any of that, both check the output directory (:func:`_check_output`): it must not be a file, nor overlap the
+release or the base checkpoint, and an existing non-empty directory must be an earlier checkpoint unless
+``overwrite``; even then only the checkpoint's own files are replaced.
 :func:`predict`, :func:`evaluate` and :func:`load_checkpoint` use the backend recorded in the checkpoint.
 """
 
@@ -16,7 +19,9 @@ from typing import Any
 import pyarrow as pa
 
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
+from zoobot_pipeline.io import prepare_output_dir
 from zoobot_pipeline.models.backend import Backend, checkpoint_backend, get_backend
+from zoobot_pipeline.models.checkpoint import CHECKPOINT_JSON
 from zoobot_pipeline.models.config import (
     DistributedConfig,
     FinetuneConfig,
@@ -39,18 +44,22 @@ def pretrain(release_dir: str | Path, votes_path: str | Path, out_dir: str | Pat
              preprocessing: PreprocessingConfig | None = None, *, workers: int = 1, gpus_per_worker: float = 0.0,
              cpus_per_worker: float = 1.0, ray_address: str | None = None, max_failures: int = 2,
              storage_path: str | Path | None = None, resume_from: str | Path | None = None, quiet: bool = True,
-             backend: str = "torch") -> Path:
+             backend: str = "torch", overwrite: bool = False) -> Path:
     """Pretrain a Zoobot-style model on a release's voted galaxies; returns ``out_dir`` (the best checkpoint).
 
     ``preprocessing`` defaults to the GZ DECaLS convention at the model's input size; ``model_config`` to one matching
-    ``preprocessing``. See :class:`DistributedConfig` for the distributed options.
+    ``preprocessing``. See :class:`DistributedConfig` for the distributed options. ``out_dir`` may be an earlier
+    checkpoint (replaced); another non-empty directory only with ``overwrite`` (only the checkpoint's files are
+    replaced, the rest is kept).
     """
+    distributed = _distributed(workers, gpus_per_worker, cpus_per_worker, ray_address, max_failures, storage_path,
+                               resume_from)
+    _check_output(out_dir, distributed, overwrite, [release_dir])
     preprocessing = preprocessing or default_preprocessing(model_config)
     model_config = model_config or ModelConfig.from_preprocessing(preprocessing)
     training_config = training_config or TrainingConfig()
-    distributed = _distributed(workers, gpus_per_worker, cpus_per_worker, ray_address, max_failures, storage_path,
-                               resume_from)
     chosen = _checked_backend(backend, training_config, distributed)
+    chosen.check_model(model_config)
     job = pretrain_job(release_dir, votes_path, model_config, training_config, preprocessing)
     return chosen.train(job, out_dir, distributed, quiet)
 
@@ -60,18 +69,24 @@ def finetune(checkpoint_dir: str | Path | None, release_dir: str | Path, labels_
              model_config: ModelConfig | None = None, preprocessing: PreprocessingConfig | None = None,
              workers: int = 1, gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0,
              ray_address: str | None = None, max_failures: int = 2, storage_path: str | Path | None = None,
-             resume_from: str | Path | None = None, quiet: bool = True, backend: str = "torch") -> Path:
+             resume_from: str | Path | None = None, quiet: bool = True, backend: str = "torch",
+             overwrite: bool = False) -> Path:
     """Finetune a pretrained checkpoint on a labels file (``id_str`` + label columns); returns ``out_dir``.
 
     The finetuned model is written as a checkpoint of kind ``"finetuned"`` that :func:`load_checkpoint`,
     :func:`predict` and :func:`evaluate` read. With ``checkpoint_dir=None`` the same head trains on a randomly
     initialised encoder built from ``model_config`` (every block trainable at ``lr``): the from-scratch baseline.
     Preprocessing is the checkpoint's; from scratch it is ``preprocessing`` (default GZ DECaLS at the model's size).
+    ``out_dir`` and ``overwrite`` as for :func:`pretrain`; it must not overlap ``checkpoint_dir`` either.
     """
-    training_config = training_config or TrainingConfig()
     distributed = _distributed(workers, gpus_per_worker, cpus_per_worker, ray_address, max_failures, storage_path,
                                resume_from)
+    _check_output(out_dir, distributed, overwrite,
+                  [release_dir] if checkpoint_dir is None else [release_dir, checkpoint_dir])
+    training_config = training_config or TrainingConfig()
     chosen = _checked_backend(backend, training_config, distributed)
+    if model_config is not None and checkpoint_dir is None:
+        chosen.check_model(model_config)
     job = finetune_job(checkpoint_dir, release_dir, labels_path, finetune_config, training_config, model_config,
                        preprocessing)
     return chosen.train(job, out_dir, distributed, quiet)
@@ -102,6 +117,19 @@ def _distributed(workers: int, gpus_per_worker: float, cpus_per_worker: float, r
                              ray_address=ray_address, max_failures=max_failures,
                              storage_path=None if storage_path is None else str(storage_path),
                              resume_from=None if resume_from is None else str(resume_from))
+
+
+def _check_output(out_dir: str | Path, distributed: DistributedConfig, overwrite: bool,
+                  inputs: Sequence[str | Path]) -> None:
+    """Refuse, before any work, an ``out_dir`` that is a file, overlaps one of ``inputs`` (the release, the base
+    checkpoint; the labels file's folder may hold it) or is a non-empty directory other than an earlier checkpoint
+    (unless ``overwrite``); with Ray, also a run directory (``storage_path``, default ``<out_dir>.ray``) that is a
+    file or overlaps an input."""
+    prepare_output_dir(out_dir, marker=CHECKPOINT_JSON, what="checkpoint", overwrite=overwrite, inputs=inputs)
+    if distributed.uses_ray:
+        storage = distributed.storage_path or f"{Path(out_dir).resolve()}.ray"
+        # Ray keeps adding run directories there (and resumes from them): only a file or an overlap is refused
+        prepare_output_dir(storage, marker=CHECKPOINT_JSON, what="Ray run directory", overwrite=True, inputs=inputs)
 
 
 def _checked_backend(name: str, training: TrainingConfig, distributed: DistributedConfig) -> Backend:

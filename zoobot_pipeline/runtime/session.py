@@ -3,24 +3,43 @@
 A galaxy's MC-dropout masks come from ``numpy.random.default_rng([seed, h])`` and its sampled vote-space estimates
 from the stream of :func:`galaxy_seeds`, with ``h`` a 64-bit BLAKE2b hash of its ``id_str``: its catalogue row
 never depends on which other galaxies share its batch or chunk, on their sizes, or on the worker that scored it.
+
+A file onnxruntime cannot load (not ONNX, a damaged or foreign graph) is a :class:`PackageError` naming it, and a
+package's graph must have the inputs and outputs its ``model.json`` describes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
-from zoobot_pipeline.errors import UnavailableError, check_name
+from zoobot_pipeline.errors import PackageError, UnavailableError, check_name
 from zoobot_pipeline.io import blake2b64
 from zoobot_pipeline.runtime.devices import DEVICES, PROVIDERS, Device
-from zoobot_pipeline.runtime.package import ModelPackage
+from zoobot_pipeline.runtime.package import INPUT_NAMES, MODEL_JSON, OUTPUT_NAMES, ModelPackage
 
 __all__ = [
-    "DEVICES", "PROVIDERS", "Device", "PackageSession", "check_device", "dropout_masks", "galaxy_seeds", "make_session",
+    "DEVICES", "PROVIDERS", "Device", "PackageSession", "check_device", "check_graph", "dropout_masks", "galaxy_seeds",
+    "make_session",
 ]
+
+# onnxruntime's errors for a file it cannot use as a model (its exceptions derive from Exception only).
+_BAD_MODEL_ERRORS = tuple(getattr(_ort_state, name) for name in (
+    "InvalidProtobuf", "InvalidGraph", "InvalidArgument", "NotImplemented", "Fail", "NoSuchFile", "NoModel")
+    if hasattr(_ort_state, name))
+_PROVIDER_ERRORS = tuple(getattr(_ort_state, name) for name in ("EPFail",) if hasattr(_ort_state, name))
+
+
+def _ort_message(err: BaseException) -> str:
+    """onnxruntime's message without its ``[ONNXRuntimeError] : 7 : INVALID_PROTOBUF :`` prefix, on one line."""
+    text = " ".join(str(err).split())
+    return text.rsplit(" : ", 1)[-1][:300]
+
 
 def check_device(device: str) -> list[str]:
     """The providers to request for ``device``; a clear error when this onnxruntime build lacks the first one."""
@@ -46,7 +65,14 @@ def make_session(path: str | Path, device: str = "cpu", threads: int | None = No
     options.inter_op_num_threads = 1
     if threads is not None:
         options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=providers)
+    try:
+        session = ort.InferenceSession(str(path), options, providers=providers)
+    except _PROVIDER_ERRORS as err:
+        raise UnavailableError(f"{path}: onnxruntime's {providers[0]} could not run it: {_ort_message(err)}") from None
+    except _BAD_MODEL_ERRORS as err:
+        raise PackageError(f"{path}: onnxruntime cannot load this file as an ONNX model ({_ort_message(err)}); "
+                           "the package is damaged or the file is not a graph zoobot-pipeline exported: "
+                           "re-export the package") from None
     if session.get_providers()[0] != providers[0]:
         raise RuntimeError(f"{path}: asked for {providers[0]} but onnxruntime gave {session.get_providers()}")
     return session
@@ -72,6 +98,33 @@ def dropout_masks(ids: Sequence[str], n_samples: int, n_features: int, rate: flo
     return masks
 
 
+def _fits(graph_dims: Sequence[Any], expected: Sequence[int | None]) -> bool:
+    """Whether a graph's dimensions (ints, or names/None where dynamic) can hold ``expected`` (None: any)."""
+    return len(graph_dims) == len(expected) and all(
+        want is None or not isinstance(dim, int) or dim == want for dim, want in zip(graph_dims, expected, strict=True))
+
+
+def check_graph(session: ort.InferenceSession, package: ModelPackage, path: str | Path) -> None:
+    """Refuse a graph whose inputs and outputs are not the ones ``package``'s ``model.json`` describes (see
+    :mod:`zoobot_pipeline.runtime.package`): names, image shape, feature width and number of outputs."""
+    inputs = {arg.name: list(arg.shape) for arg in session.get_inputs()}
+    outputs = {arg.name: list(arg.shape) for arg in session.get_outputs()}
+    if set(INPUT_NAMES) - set(inputs) or set(OUTPUT_NAMES) - set(outputs):
+        raise PackageError(f"{path}: the graph has inputs {list(inputs)} and outputs {list(outputs)}, not those of a "
+                           f"model package ({', '.join(INPUT_NAMES)} -> {', '.join(OUTPUT_NAMES)}); re-export it")
+    meta = package.path / MODEL_JSON
+    checks = (
+        (inputs["images"], (None, *package.input_shape), f"input.shape {list(package.input_shape)}"),
+        (inputs["dropout_mask"], (None, None, package.n_features), f"mc_dropout.n_features {package.n_features}"),
+        (outputs["outputs"], (None, None, len(package.output_names)),
+         f"{len(package.output_names)} output_names"),
+    )
+    for graph_dims, expected, field in checks:
+        if not _fits(graph_dims, expected):
+            raise PackageError(f"{path}: the graph's shape {graph_dims} does not fit {meta}'s {field}; was "
+                               f"{MODEL_JSON} edited? Re-export the package")
+
+
 class PackageSession:
     """A model package ready to predict: one onnxruntime session on one precision variant and device."""
 
@@ -79,7 +132,9 @@ class PackageSession:
                  threads: int | None = None) -> None:
         self.package = package if isinstance(package, ModelPackage) else ModelPackage.open(package)
         self.variant = variant
-        self.session = make_session(self.package.onnx_path(variant), device, threads)
+        path = self.package.onnx_path(variant)
+        self.session = make_session(path, device, threads)
+        check_graph(self.session, self.package, path)
 
     @property
     def providers(self) -> list[str]:

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
+from zoobot_pipeline._safe_load import MAX_YAML_BYTES, SafeYamlLoader, load_yaml
 from zoobot_pipeline.errors import SchemaError, UnknownNameError
 
 __all__ = ["Answer", "Question", "Schema", "SchemaError", "available_schemas", "get_schema", "load_schema"]
@@ -132,8 +132,9 @@ class Schema:
         return {"name": self.name, "description": self.description, "questions": questions}
 
 
-class _StringLoader(yaml.SafeLoader):
-    """YAML loader that keeps every plain scalar a string (``yes``, ``no``, ``1`` are answer names, not bools/ints)."""
+class _StringLoader(SafeYamlLoader):
+    """YAML loader that keeps every plain scalar a string (``yes``, ``no``, ``1`` are answer names, not bools/ints);
+    bounded like every YAML the project reads (no anchors or aliases, limited nesting: :mod:`.._safe_load`)."""
 
 
 _StringLoader.yaml_implicit_resolvers = {}
@@ -203,14 +204,15 @@ def schema_from_dict(spec: dict[str, Any], source: str = "<dict>") -> Schema:
 
 
 def load_schema(path: str | Path) -> Schema:
-    """Load and validate a decision tree from a YAML file (layout as in ``schemas/builtin/*.yaml``)."""
+    """Load and validate a decision tree from a YAML file (layout as in ``schemas/builtin/*.yaml``).
+
+    The file must be UTF-8, at most 1 MiB, without YAML anchors or aliases; anything else is a :class:`SchemaError`
+    naming it."""
     path = Path(path)
     try:
-        spec = yaml.load(path.read_text(), Loader=_StringLoader)
-    except yaml.YAMLError as err:
-        raise SchemaError(f"{path}: not valid YAML: {err}") from err
-    except OSError as err:
-        raise SchemaError(f"{path}: cannot read schema file: {err.strerror}") from err
+        spec = load_yaml(path, SchemaError, "schema", loader=_StringLoader, max_bytes=MAX_YAML_BYTES)
+    except FileNotFoundError as err:
+        raise SchemaError(f"{path}: cannot read schema file: {err.strerror}") from None
     return schema_from_dict(spec, source=str(path))
 
 

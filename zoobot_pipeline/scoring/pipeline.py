@@ -1,11 +1,13 @@
 """Score a data release with a model package into a Parquet catalogue (layout: :mod:`.catalogue`).
 
-Before any output is written, :func:`score_release` opens the package (checking every ONNX file's sha256), checks its
-bands and decision tree against the release and the requested device, and reads the metadata of any part files
-already in the output directory: parts written with another model or other settings are refused (``overwrite``
-replaces them). Then it scores tile by tile, in chunks of ``chunk_size`` sources (:mod:`.chunks`), in this process or
-on Ray Data (:mod:`.ray_data`), and writes each tile's part file atomically as soon as its last chunk is in. Memory
-holds one tile's catalogue rows (and, in this process, one chunk's images), whatever the size of the release.
+Before any output is written, :func:`score_release` checks the options' ranges (``mc_samples`` at most
+:data:`MAX_MC_SAMPLES`, batch and chunk sizes, threads, seed) and that one chunk's arrays fit in half of this machine's
+memory, opens the package (checking every ONNX file's sha256), checks its bands and decision tree against the release
+and the requested device, and reads the metadata of any part files already in the output directory: parts written
+with another model or other settings are refused (``overwrite`` replaces them). Then it scores tile by tile, in
+chunks of ``chunk_size`` sources (:mod:`.chunks`), in this process or on Ray Data (:mod:`.ray_data`), and writes each
+tile's part file atomically as soon as its last chunk is in. Memory holds one tile's catalogue rows (and, in this
+process, one chunk's images), whatever the size of the release.
 
 Resuming: a tile whose part file has the same settings and the same source ids is skipped; a tile that failed (its
 part file records ``tile_failed``) is tried again. A run killed at any point leaves only complete part files (and
@@ -15,8 +17,8 @@ part file records ``tile_failed``) is tried again. A run killed at any point lea
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -37,6 +39,7 @@ from zoobot_pipeline.catalogue import (
     part_files,
     part_metadata,
     part_path,
+    sources_digest,
     write_failures,
     write_part,
     write_summary_json,
@@ -45,8 +48,8 @@ from zoobot_pipeline.data.release import Release
 from zoobot_pipeline.errors import ScoringError
 from zoobot_pipeline.io import exclusive_lock
 from zoobot_pipeline.progress import progress_bar
-from zoobot_pipeline.runtime.package import ModelPackage
-from zoobot_pipeline.runtime.session import check_device
+from zoobot_pipeline.runtime.package import MAX_MC_SAMPLES, ModelPackage
+from zoobot_pipeline.runtime.session import check_device, make_session
 from zoobot_pipeline.scoring.chunks import (
     ChunkConfig,
     ChunkScorer,
@@ -76,18 +79,33 @@ class ScoringResult:
     chunks_by_node: dict[str, int] = field(default_factory=dict)
 
 
+"""Most MC-dropout samples per galaxy (the package default is a handful; hundreds already resolve the spread)."""
+MAX_BATCH_SIZE = 4096
+MAX_CHUNK_SIZE = 65536
+MAX_THREADS = 1024
+MAX_WORKERS = 10000
+
+
+def _check_range(option: str, value: int | None, low: int, high: int, note: str = "") -> None:
+    """Refuse ``value`` outside ``[low, high]``, naming the option as the CLI spells it and as the library does."""
+    if value is not None and not low <= value <= high:
+        raise ScoringError(f"--{option.replace('_', '-')} ({option}) must be between {low} and {high}, got "
+                           f"{value}{note}")
+
+
 def _check_options(batch_size: int, chunk_size: int, mc_samples: int | None, use_ray: bool, workers: int | None,
-                   gpus_per_worker: float, device: str, ray_address: str | None) -> None:
-    if batch_size < 1 or chunk_size < 1:
-        raise ScoringError(f"batch_size and chunk_size must be >= 1 (got {batch_size}, {chunk_size})")
-    if mc_samples is not None and mc_samples < 0:
-        raise ScoringError(f"mc_samples must be >= 0 (0: one pass with dropout off), got {mc_samples}")
+                   gpus_per_worker: float, device: str, ray_address: str | None, seed: int = 0,
+                   threads: int | None = None) -> None:
+    _check_range("batch_size", batch_size, 1, MAX_BATCH_SIZE)
+    _check_range("chunk_size", chunk_size, 1, MAX_CHUNK_SIZE)
+    _check_range("mc_samples", mc_samples, 0, MAX_MC_SAMPLES, " (0: one pass with dropout off)")
+    _check_range("threads", threads, 1, MAX_THREADS)
+    _check_range("seed", seed, 0, 2**128 - 1)
+    _check_range("workers", workers, 1, MAX_WORKERS)
+    if not 0 <= gpus_per_worker <= 64:
+        raise ScoringError(f"--gpus-per-worker (gpus_per_worker) must be between 0 and 64, got {gpus_per_worker}")
     if not use_ray and (workers is not None or gpus_per_worker):
         raise ScoringError("workers and gpus_per_worker size the Ray actor pool: use Ray (--ray or --ray-address)")
-    if workers is not None and workers < 1:
-        raise ScoringError(f"workers must be >= 1, got {workers}")
-    if gpus_per_worker < 0:
-        raise ScoringError(f"gpus_per_worker must be >= 0, got {gpus_per_worker}")
     if gpus_per_worker > 0 and device == "cpu":
         raise ScoringError("gpus_per_worker > 0 needs device 'cuda' or 'tensorrt'")
     if use_ray and device != "cpu" and gpus_per_worker == 0:
@@ -101,9 +119,27 @@ def _check_options(batch_size: int, chunk_size: int, mc_samples: int | None, use
         raise ScoringError(str(err)) from None
 
 
-def _sources_digest(sources: pa.Table) -> str:
-    """sha256 of a tile's ``id_str`` values in order: a part file is reused only for the same sources."""
-    return hashlib.sha256("\n".join(sources["id_str"].to_pylist()).encode()).hexdigest()
+def _physical_memory() -> int | None:
+    """Bytes of memory on this machine, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_memory(package: ModelPackage, batch_size: int, chunk_size: int, mc_samples: int) -> None:
+    """Refuse options whose arrays would not fit: one chunk's images and model outputs, and one batch's dropout masks
+    and outputs (float32), against half of this machine's memory."""
+    channels, height, width = package.input_shape
+    samples, n_outputs = max(mc_samples, 1), len(package.output_names)
+    need = 4 * (chunk_size * (channels * height * width + samples * n_outputs)
+                + batch_size * samples * (package.n_features + n_outputs))
+    memory = _physical_memory()
+    if memory is not None and need > memory // 2:
+        raise ScoringError(f"--chunk-size {chunk_size}, --batch-size {batch_size} and --mc-samples {mc_samples} need "
+                           f"about {need / 2**30:.1f} GiB for this model ({channels}x{height}x{width} images, "
+                           f"{package.n_features} features, {n_outputs} outputs), more than half of this machine's "
+                           f"{memory / 2**30:.1f} GiB; lower them")
 
 
 def _existing_parts(out_dir: Path, settings: RunSettings, release: Release, overwrite: bool) -> dict[str, dict]:
@@ -179,7 +215,8 @@ def _write_tiles(chunks: Iterator[ScoredChunk], jobs: list[TileJob], out_dir: Pa
             raise RuntimeError(f"tile {job.tile_id}: catalogue rows do not match the tile's sources")
         flagged = flag_counts(table["flag"])
         counts = {"sources": table.num_rows, "scored": table.num_rows - sum(flagged.values()), "flagged": flagged}
-        meta = {**metadata, "tile_id": job.tile_id, "sources_digest": _sources_digest(job.sources),
+        digest = sources_digest(job.sources["id_str"].to_pylist())
+        meta = {**metadata, "tile_id": job.tile_id, "sources_digest": digest,
                 "counts": json.dumps(counts), "created": datetime.now(UTC).isoformat(timespec="seconds")}
         if errors:
             meta["tile_failed"] = errors[0]
@@ -216,9 +253,14 @@ def score_release(release_dir: str | Path, package_dir: str | Path, out_dir: str
     """
     start = time.perf_counter()
     use_ray = use_ray or ray_address is not None
-    _check_options(batch_size, chunk_size, mc_samples, use_ray, workers, gpus_per_worker, device, ray_address)
+    _check_options(batch_size, chunk_size, mc_samples, use_ray, workers, gpus_per_worker, device, ray_address, seed,
+                   threads)
     package = ModelPackage.open(package_dir)
     package.onnx_path(variant)
+    if mc_samples is None and package.mc_samples > MAX_MC_SAMPLES:
+        raise ScoringError(f"{package.path / 'model.json'}: mc_dropout.samples {package.mc_samples} is more than "
+                           f"{MAX_MC_SAMPLES}; pass --mc-samples (mc_samples) to choose fewer")
+    _check_memory(package, batch_size, chunk_size, package.mc_samples if mc_samples is None else mc_samples)
     sizing = package.preprocessing.cutout  # cut as the model was trained
     release = Release.open(Path(release_dir).resolve(), allow_missing_tiles=True, columns=[sizing.size_column])
     package.check_release(release)
@@ -238,7 +280,8 @@ def score_release(release_dir: str | Path, package_dir: str | Path, out_dir: str
     for tile_id in release.tile_ids:
         sources = release.tile_sources(tile_id).select(source_columns)
         done = existing.get(tile_id)
-        if done is not None and "tile_failed" not in done and done.get("sources_digest") == _sources_digest(sources):
+        digest = sources_digest(sources["id_str"].to_pylist())
+        if done is not None and "tile_failed" not in done and done.get("sources_digest") == digest:
             skipped += 1
         else:
             jobs.append(TileJob(tile_id, release.tile_paths[tile_id], sources))
@@ -248,6 +291,11 @@ def score_release(release_dir: str | Path, package_dir: str | Path, out_dir: str
     scorer_options = {"variant": variant, "device": device, "threads": threads, "batch_size": batch_size,
                       "mc_samples": mc_samples, "seed": seed}
 
+    # onnxruntime loads the graph before anything is cleared, so a package it cannot read never costs a catalogue
+    # (on Ray the actors load it again; here it is only checked)
+    scorer = None if use_ray else ChunkScorer(package, **scorer_options)
+    if use_ray:
+        make_session(package.onnx_path(variant))
     busy = ScoringError(f"{out_dir}: another score run is writing this catalogue")
     with exclusive_lock(out_dir / ".lock", busy):
         _clear(out_dir, overwrite)
@@ -257,7 +305,7 @@ def score_release(release_dir: str | Path, package_dir: str | Path, out_dir: str
             chunks = ray_chunks(jobs, package, config, chunk_size, scorer_options, ray_address=ray_address,
                                 workers=workers, gpus_per_worker=gpus_per_worker)
         else:
-            chunks = _local_chunks(jobs, ChunkScorer(package, **scorer_options), config, chunk_size)
+            chunks = _local_chunks(jobs, scorer, config, chunk_size)
         with progress_bar(progress, sum(job.sources.num_rows for job in jobs), "scoring", "galaxies") as advance:
             nodes: Counter = Counter()
             failures = _write_tiles(chunks, jobs, out_dir, metadata, advance, nodes)

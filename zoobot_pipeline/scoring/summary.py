@@ -97,9 +97,37 @@ def key_columns(schema: pa.Schema) -> list[str]:
     return keys + ([ACQUISITION] if ACQUISITION in names else [])
 
 
+def _unreadable(path: Path, err: Exception, what: str = "catalogue part file") -> ZoobotPipelineError:
+    return ZoobotPipelineError(f"{path}: unreadable {what} ({' '.join(str(err).split())}); remove it and score "
+                               "again into this catalogue to redo it (finished tiles are kept)")
+
+
 def _stream(files: list[Path], columns: list[str]) -> Iterator[pa.Table]:
     for path in files:
-        yield pq.read_table(path, columns=columns)
+        try:
+            table = pq.read_table(path, columns=columns)
+        except (OSError, pa.ArrowException) as err:
+            raise _unreadable(path, err) from err
+        yield table
+
+
+def _counts(file: Path) -> dict[str, Any]:
+    """The row counts a part file records in its metadata."""
+    try:
+        meta = part_metadata(file)
+    except (OSError, pa.ArrowException) as err:
+        raise _unreadable(file, err) from err
+    if "counts" not in meta:
+        raise ZoobotPipelineError(f"{file}: not a catalogue part file (no 'counts' metadata)")
+    try:
+        counts = json.loads(meta["counts"])
+        if not (isinstance(counts["sources"], int) and isinstance(counts["scored"], int)
+                and isinstance(counts["flagged"], dict)):
+            raise TypeError("counts of the wrong type")
+    except (ValueError, KeyError, TypeError) as err:
+        raise ZoobotPipelineError(f"{file}: its 'counts' metadata is unreadable ({err!r}); remove it and score "
+                                  "again into this catalogue to redo its tile") from None
+    return counts | {"metadata": meta}
 
 
 def _distributions(files: list[Path], columns: list[str], bins: int) -> list[Distribution]:
@@ -133,16 +161,17 @@ def summarize_catalogue(path: str | Path, bins: int = 1000) -> CatalogueSummary:
     n_sources, n_scored, flagged = 0, 0, Counter()
     metadata: dict[str, str] = {}
     for file in files:
-        meta = part_metadata(file)
-        if "counts" not in meta:
-            raise ZoobotPipelineError(f"{file}: not a catalogue part file (no 'counts' metadata)")
-        counts = json.loads(meta["counts"])
+        counts = _counts(file)
         n_sources += counts["sources"]
         n_scored += counts["scored"]
         flagged.update(counts["flagged"])
+        meta = counts["metadata"]
         metadata = metadata or {k: meta[k] for k in _METADATA_SHOWN if k in meta}
     failures_path = path / FAILURES_FILE
-    failures = pq.read_table(failures_path).to_pylist() if failures_path.is_file() else []
+    try:
+        failures = pq.read_table(failures_path).to_pylist() if failures_path.is_file() else []
+    except (OSError, pa.ArrowException) as err:
+        raise _unreadable(failures_path, err, "failures table") from err
     schema = pq.read_schema(files[0])
     questions = catalogue_questions(schema)
     return CatalogueSummary(path, metadata, len(files), n_sources, n_scored, dict(flagged), failures,

@@ -63,6 +63,7 @@ EDGE_MARGIN_PX = 48
 FLUX_UNIT = "nanomaggy"
 SKY_AREA_PER_GALAXY_PX = 120  # each source gets about (120 px)^2 of sky
 MIN_TILE_SIZE = 512
+MAX_TILE_SIZE = 8192  # a tile's bands in float32: 8192^2 x 3 x 4 bytes = 768 MiB, rendered in memory
 TILE_ORIGIN = (150.0, 2.0)  # RA, Dec of the first tile centre (COSMOS-like field), degrees
 _STREAM_TRUTH, _STREAM_SOURCE, _STREAM_TILE, _STREAM_VOTES = 0, 1, 2, 3
 
@@ -187,6 +188,16 @@ def _nullable(values: np.ndarray) -> list[Any]:
     return [None if v is None else str(v) for v in values]
 
 
+def _tiles_needed(n_galaxies: int) -> int:
+    """The fewest tiles whose default size stays within :data:`MAX_TILE_SIZE`."""
+    tiles = math.ceil(n_galaxies / (MAX_TILE_SIZE // SKY_AREA_PER_GALAXY_PX) ** 2)
+    while tiles > 1 and default_tile_size(n_galaxies, tiles - 1) <= MAX_TILE_SIZE:
+        tiles -= 1
+    while default_tile_size(n_galaxies, tiles) > MAX_TILE_SIZE:
+        tiles += 1
+    return tiles
+
+
 def _validate(n_galaxies: int, n_tiles: int, labelled_fraction: float, n_volunteers: float, schema: str,
               tile_size: int | None, workers: int) -> Schema:
     if isinstance(n_galaxies, bool) or not isinstance(n_galaxies, int | np.integer) or n_galaxies < 1:
@@ -195,10 +206,16 @@ def _validate(n_galaxies: int, n_tiles: int, labelled_fraction: float, n_volunte
         raise ValueError(f"n_tiles must be a positive integer, got {n_tiles!r}")
     if not 0.0 <= labelled_fraction <= 1.0:
         raise ValueError(f"labelled_fraction must be within [0, 1], got {labelled_fraction!r}")
-    if not n_volunteers > 0:
-        raise ValueError(f"n_volunteers must be positive, got {n_volunteers!r}")
-    if tile_size is not None and tile_size < 64:
-        raise ValueError(f"tile_size must be at least 64 pixels, got {tile_size!r}")
+    if isinstance(n_volunteers, bool) or not isinstance(n_volunteers, int | float | np.integer | np.floating) \
+            or not 1 <= n_volunteers <= 1_000_000:
+        raise ValueError(f"n_volunteers (volunteers per galaxy) must be a number from 1 to 1000000, got "
+                         f"{n_volunteers!r}")
+    if tile_size is not None and not 64 <= tile_size <= MAX_TILE_SIZE:
+        raise ValueError(f"tile_size must be from 64 to {MAX_TILE_SIZE} pixels, got {tile_size!r}")
+    if tile_size is None and default_tile_size(n_galaxies, n_tiles) > MAX_TILE_SIZE:
+        raise ValueError(f"{n_galaxies} galaxies on {n_tiles} tile(s) need tiles of "
+                         f"{default_tile_size(n_galaxies, n_tiles)} pixels, over the {MAX_TILE_SIZE} pixel limit; "
+                         f"use more tiles (n_tiles of at least {_tiles_needed(n_galaxies)})")
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers!r}")
     try:

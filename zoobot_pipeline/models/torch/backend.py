@@ -1,7 +1,9 @@
 """The torch implementation of :class:`zoobot_pipeline.models.Backend`.
 
 Jobs arrive planned and checked (:mod:`zoobot_pipeline.models.job`); what is left to check here is what only torch
-knows: whether CUDA is there for GPU workers. Ray is imported only for distributed runs.
+knows: whether CUDA is there for GPU workers, and whether timm has the architecture (of a new model, or the one a
+checkpoint's ``checkpoint.json`` names). Before torch reads a checkpoint, its weights file must be a safetensors file
+inside the checkpoint directory with the recorded sha256. Ray is imported only for distributed runs.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ import torch
 
 from zoobot_pipeline.errors import UnavailableError
 from zoobot_pipeline.models.backend import ExportedGraph
-from zoobot_pipeline.models.config import DistributedConfig
+from zoobot_pipeline.models.checkpoint import CHECKPOINT_JSON, read_checkpoint_json, weights_path
+from zoobot_pipeline.models.config import DistributedConfig, ModelConfig
 from zoobot_pipeline.models.job import TrainingJob
 from zoobot_pipeline.models.torch.checkpoint import load_checkpoint
 from zoobot_pipeline.models.torch.finetune import FinetuneModel
 from zoobot_pipeline.models.torch.inference import evaluate_checkpoint, predict_checkpoint
 from zoobot_pipeline.models.torch.loop import LocalSession, run_training
-from zoobot_pipeline.models.torch.model import ZoobotModel
+from zoobot_pipeline.models.torch.model import ZoobotModel, check_architecture
 from zoobot_pipeline.models.torch.state import export_model
 from zoobot_pipeline.models.torch.train import resolve_device
 
@@ -38,9 +41,24 @@ class TorchBackend:
             raise UnavailableError(f"gpus_per_worker={distributed.gpus_per_worker:g} but CUDA is not available here "
                                f"(torch {torch.__version__}, CUDA build {torch.version.cuda})")
 
+    def check_model(self, model_config: ModelConfig, source: str = "--architecture") -> None:
+        """timm must know ``model_config.architecture`` (an :class:`UnknownNameError` naming ``source`` if not)."""
+        check_architecture(model_config.architecture, source)
+
+    def _check_checkpoint(self, checkpoint_dir: str | Path) -> None:
+        """Before torch reads a checkpoint: its ``checkpoint.json`` is sound, its weights file is a safetensors file
+        inside the directory with the recorded sha256 (:func:`~zoobot_pipeline.models.checkpoint.weights_path`),
+        and timm knows the architecture it names."""
+        meta = read_checkpoint_json(checkpoint_dir)
+        weights_path(checkpoint_dir, meta)
+        self.check_model(ModelConfig.model_validate(meta["model"]),
+                         f"{Path(checkpoint_dir) / CHECKPOINT_JSON} (model.architecture)")
+
     def train(self, job: TrainingJob, out_dir: str | Path, distributed: DistributedConfig,
               quiet: bool = True) -> Path:
         """Run a training job in this process or with Ray Train; returns ``out_dir``, the best model's checkpoint."""
+        if job.base_checkpoint is not None:
+            self._check_checkpoint(job.base_checkpoint)
         if distributed.uses_ray:
             from zoobot_pipeline.models.torch.distributed import train_with_ray
 

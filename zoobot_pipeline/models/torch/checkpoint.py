@@ -4,7 +4,8 @@ A checkpoint directory holds ``model.safetensors`` and ``checkpoint.json`` (kind
 columns, preprocessing, training config, metrics, framework versions and the weights' sha256). Kind ``"pretrained"``
 is a :class:`ZoobotModel`; kind ``"finetuned"`` a :class:`FinetuneModel`, whose JSON adds the finetuning config, the
 class names and (for a new decision tree) its schema, with ``"model"`` describing the encoder's architecture. It is
-written into a temporary directory beside the destination and renamed into place, so readers see all of it or none.
+written into a temporary directory beside the destination and renamed into place, so readers see all of it or none;
+other files in the destination (a user's, with ``--overwrite``) are kept, and only :data:`CHECKPOINT_FILES` replaced.
 """
 
 from __future__ import annotations
@@ -23,16 +24,18 @@ from zoobot_pipeline._version import __version__
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
 from zoobot_pipeline.errors import ZoobotPipelineError
 from zoobot_pipeline.io import atomic_directory, file_sha256
-from zoobot_pipeline.models.checkpoint import CHECKPOINT_JSON, read_checkpoint_json
+from zoobot_pipeline.models.checkpoint import CHECKPOINT_JSON, read_checkpoint_json, weights_path
 from zoobot_pipeline.models.config import FinetuneConfig, ModelConfig, TrainingConfig
 from zoobot_pipeline.models.torch.finetune import FinetuneModel, finetune_head
-from zoobot_pipeline.models.torch.model import ZoobotModel, create_backbone
+from zoobot_pipeline.models.torch.model import ZoobotModel, check_architecture, create_backbone
 from zoobot_pipeline.schemas import schema_from_dict
 
-__all__ = ["CHECKPOINT_FORMAT", "WEIGHTS_FILE", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CHECKPOINT_FILES", "CHECKPOINT_FORMAT", "WEIGHTS_FILE", "load_checkpoint", "save_checkpoint"]
 
 CHECKPOINT_FORMAT = "zoobot-pipeline-checkpoint/1"
 WEIGHTS_FILE = "model.safetensors"
+CHECKPOINT_FILES = (CHECKPOINT_JSON, WEIGHTS_FILE)
+"""The files a checkpoint directory is made of: the only ones :func:`save_checkpoint` replaces."""
 _LEGACY_PREFIXES = {"backbone.": "encoder.", "dirichlet_head.": "head."}
 
 
@@ -49,9 +52,11 @@ def _model_meta(model: ZoobotModel | FinetuneModel) -> dict[str, Any]:
 
 def save_checkpoint(model: ZoobotModel | FinetuneModel, directory: str | Path, preprocessing: PreprocessingConfig,
                     training_config: TrainingConfig | None = None, metrics: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` (pretrained or finetuned) and its metadata to ``directory`` atomically; returns the directory."""
+    """Write ``model`` (pretrained or finetuned) and its metadata to ``directory`` atomically; returns the directory.
+    Other files already in ``directory`` are kept; whether it may be written at all is the caller's check
+    (:func:`zoobot_pipeline.io.prepare_output_dir`)."""
     directory = Path(directory)
-    with atomic_directory(directory) as tmp:
+    with atomic_directory(directory, own=CHECKPOINT_FILES, marker=CHECKPOINT_JSON) as tmp:
         weights = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
         save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": CHECKPOINT_FORMAT})
         meta = {
@@ -72,28 +77,34 @@ def save_checkpoint(model: ZoobotModel | FinetuneModel, directory: str | Path, p
 def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> ZoobotModel | FinetuneModel:
     """Rebuild the model described by ``checkpoint.json`` and load its safetensors weights; returns it in eval mode.
 
-    A ``"pretrained"`` checkpoint gives a :class:`ZoobotModel`, a ``"finetuned"`` one a :class:`FinetuneModel`. The
-    weights' sha256 is checked against the JSON before loading.
+    A ``"pretrained"`` checkpoint gives a :class:`ZoobotModel`, a ``"finetuned"`` one a :class:`FinetuneModel`. Before
+    torch reads anything, the weights file is checked (:func:`~zoobot_pipeline.models.checkpoint.weights_path`: inside
+    the directory, the recorded sha256, a safetensors file) and timm must know the architecture; weights that do not
+    fit the architecture are an input error naming the files.
     """
     directory = Path(directory)
     meta = read_checkpoint_json(directory)
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise ZoobotPipelineError(f"{directory}: unsupported checkpoint format {meta.get('format')!r}")
-    weights_path = directory / meta["weights"]["file"]
-    if file_sha256(weights_path) != meta["weights"]["sha256"]:
-        raise ZoobotPipelineError(f"{weights_path}: sha256 does not match {CHECKPOINT_JSON}")
+    weights = weights_path(directory, meta)
     source = str(directory / CHECKPOINT_JSON)
     schema = schema_from_dict(meta["schema"], source=source) if meta["schema"] is not None else None
     config = ModelConfig.model_validate(meta["model"])
     model: ZoobotModel | FinetuneModel
     if meta.get("kind", "pretrained") == "finetuned":
         finetune_config = FinetuneConfig.model_validate(meta["finetune"])
-        encoder = create_backbone(config)
+        encoder = create_backbone(config, f"{source} (model.architecture)")
         head = finetune_head(finetune_config, encoder.num_features, schema, meta["class_names"])
         model = FinetuneModel(encoder, head, finetune_config, config, schema, meta["class_names"])
     else:
+        check_architecture(config.architecture, f"{source} (model.architecture)")
         model = ZoobotModel(config, schema)
-    model.load_state_dict(_current_names(load_file(str(weights_path), device=str(map_location))))
+    try:
+        model.load_state_dict(_current_names(load_file(str(weights), device=str(map_location))))
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise ZoobotPipelineError(f"{weights}: the weights do not fit the model that {source} describes "
+                                  f"({config.architecture}): {first}") from None
     return model.eval()
 
 

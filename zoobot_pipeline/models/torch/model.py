@@ -6,6 +6,7 @@ encoded once: the same distribution as ``S`` full forward passes with dropout on
 
 from __future__ import annotations
 
+import difflib
 import math
 
 import timm
@@ -13,10 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoobot_pipeline.errors import UnknownNameError
 from zoobot_pipeline.models.config import ModelConfig
 from zoobot_pipeline.schemas import Schema, get_schema
 
-__all__ = ["CONCENTRATION_RANGE", "DirichletHead", "ZoobotModel", "build_model", "create_backbone"]
+__all__ = ["CONCENTRATION_RANGE", "DirichletHead", "ZoobotModel", "build_model", "check_architecture",
+           "create_backbone"]
 
 CONCENTRATION_RANGE = (1.0, 101.0)
 # A fresh head predicts concentrations near this value for every answer: a broad Dirichlet, close to the best constant
@@ -25,8 +28,25 @@ CONCENTRATION_RANGE = (1.0, 101.0)
 INITIAL_CONCENTRATION = 2.0
 
 
-def create_backbone(config: ModelConfig) -> nn.Module:
-    """A timm model by name without classifier (``num_classes=0``): its forward returns pooled features."""
+_HUB_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:")
+
+
+def check_architecture(name: str, source: str = "--architecture") -> str:
+    """``name`` if timm knows the architecture (a pretrained tag such as ``.a1_in1k`` allowed), else an
+    :class:`~zoobot_pipeline.errors.UnknownNameError` naming ``source`` (the option or file it came from), with the
+    closest names and how to list them all."""
+    if name.startswith(_HUB_PREFIXES) or timm.is_model(name):
+        return name
+    close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise UnknownNameError(f"{source}: unknown architecture {name!r}: timm {timm.__version__} has no such model; "
+                           f"{hint}list the names with: python -c \"import timm; print(timm.list_models())\"")
+
+
+def create_backbone(config: ModelConfig, source: str = "architecture") -> nn.Module:
+    """A timm model by name without classifier (``num_classes=0``): its forward returns pooled features. An unknown
+    name is an :class:`~zoobot_pipeline.errors.UnknownNameError` naming ``source`` (see :func:`check_architecture`)."""
+    check_architecture(config.architecture, source)
     return timm.create_model(config.architecture, pretrained=False, num_classes=0, in_chans=config.in_channels,
                              drop_path_rate=config.drop_path_rate)
 
