@@ -326,3 +326,18 @@ def test_an_unknown_architecture_is_refused_before_training(tmp_path):
     assert "--architecture" in line and "'efficientnet_b99'" in line and "timm.list_models()" in line
     assert "efficientnet_b" in line.split("did you mean", 1)[1]
     assert not out.exists() and tree(tmp_path) == before
+
+
+@pytest.mark.parametrize(("option", "value"), [("--mc-samples", "0"), ("--mc-samples", "5000"),
+                                               ("--n-volunteers", "0"), ("--n-volunteers", "100000")])
+def test_export_option_ranges_are_checked_before_any_work(checkpoint, tmp_path, option, value):
+    out = tmp_path / "exported"
+    line = _error_line(["export", "--from", str(checkpoint), "--out", str(out), option, value])
+    assert f"{option} {value}" in line and "must be 1 to" in line
+    assert not out.exists()
+
+
+def test_weights_of_another_real_architecture_are_named(checkpoint, tmp_path):
+    _edit_json(checkpoint / "checkpoint.json", lambda meta: meta["model"].update(architecture="resnet18"))
+    line = _export_fails(checkpoint, tmp_path)
+    assert "model.safetensors" in line and "do not fit" in line and "resnet18" in line
