@@ -15,6 +15,7 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$PY" -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, 'cuda', torch.version.cuda)"
 "$PY" benchmarks/cuda_check.py
+# Training rows: NCHW and channels_last fp32, then --precision bf16 and fp16 (autocast + gradient scaler) on CUDA
 "$PY" benchmarks/training_throughput.py --device cuda --batch 128 --batches 20
 "$PY" benchmarks/training_throughput.py --device cpu --threads 16 --batch 32 --batches 4
 # Scoring: onnxruntime on the GPU (CUDA, then TensorRT, with fp16) when onnxruntime-gpu is installed; otherwise the

@@ -4,7 +4,8 @@ Run: .venv/bin/python benchmarks/training_throughput.py [--architecture efficien
      [--ray-workers 1 2]
 
 Times ``train_one_epoch`` (the function every training path runs) over in-memory random images with random vote
-counts, so cutting and preprocessing are excluded: NCHW and channels_last side by side, plus bf16 autocast on CUDA.
+counts, so cutting and preprocessing are excluded: NCHW and channels_last fp32 side by side with ``--precision bf16``
+(CPU and CUDA) and, on CUDA, ``--precision fp16`` (autocast + gradient scaler); ``--compile`` adds a torch.compile row.
 Then inference: encoder + head with S=1 against S=5 MC-dropout samples (dropout only in the head). With
 ``--ray-workers``, the same epoch runs as a Ray Train job (DDP, gloo on CPU) with each worker count, one CPU per
 worker: images/s over all workers.
@@ -13,7 +14,6 @@ worker: images/s over all workers.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import tempfile
 import time
 
@@ -23,7 +23,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from zoobot_pipeline.models import ModelConfig, TrainingConfig
 from zoobot_pipeline.models.torch.model import build_model
-from zoobot_pipeline.models.torch.train import make_optimizer, resolve_device, schema_loss, train_one_epoch
+from zoobot_pipeline.models.torch.train import (
+    compile_encoder,
+    make_grad_scaler,
+    make_optimizer,
+    resolve_device,
+    schema_loss,
+    train_one_epoch,
+)
 from zoobot_pipeline.schemas import get_schema
 
 
@@ -37,21 +44,23 @@ def _loader(n: int, size: int, n_answers: int, batch: int, channels_last: bool) 
 
 
 def _train_rate(config: ModelConfig, device: torch.device, batch: int, batches: int, channels_last: bool,
-                autocast: bool) -> float:
+                precision: str, compiled: bool = False) -> float:
     torch.manual_seed(0)
     model = build_model(config).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if compiled:
+        compile_encoder(model)
     optimizer = make_optimizer(model, TrainingConfig())
-    warm = _loader(batch, config.input_size, model.schema.n_answers, batch, channels_last)
+    options = {"precision": precision, "scaler": make_grad_scaler(precision, device)}
+    warm = _loader(batch * (2 if compiled else 1), config.input_size, model.schema.n_answers, batch, channels_last)
     timed = _loader(batch * batches, config.input_size, model.schema.n_answers, batch, channels_last)
-    context = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
-    with context:
-        train_one_epoch(model, warm, optimizer, None, schema_loss(model.schema), device)
-        _sync(device)
-        start = time.perf_counter()
-        train_one_epoch(model, timed, optimizer, None, schema_loss(model.schema), device)
-        _sync(device)
+    # train_one_epoch moves every batch to channels_last on the device: the NCHW row times that copy too
+    train_one_epoch(model, warm, optimizer, None, schema_loss(model.schema), device, **options)
+    _sync(device)
+    start = time.perf_counter()
+    train_one_epoch(model, timed, optimizer, None, schema_loss(model.schema), device, **options)
+    _sync(device)
     return batch * batches / (time.perf_counter() - start)
 
 
@@ -122,6 +131,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--ray-workers", type=int, nargs="*", default=[], help="also time Ray Train with N workers")
+    parser.add_argument("--compile", action="store_true", help="also time channels_last fp32 with torch.compile")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -130,14 +140,17 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"{args.architecture} at {args.size} px, batch {args.batch}, {args.batches} timed batches, on {name}")
 
-    variants = [("NCHW fp32", False, False), ("channels_last fp32", True, False)]
+    variants = [("NCHW fp32", False, "fp32", False), ("channels_last fp32", True, "fp32", False),
+                ("channels_last bf16 autocast", True, "bf16", False)]
     if device.type == "cuda":
-        variants.append(("channels_last bf16 autocast", True, True))
+        variants.append(("channels_last fp16 autocast", True, "fp16", False))
+    if args.compile:
+        variants.append(("channels_last fp32 compiled", True, "fp32", True))
     rates = {}
-    for label, channels_last, autocast in variants:
-        rates[label] = _train_rate(config, device, args.batch, args.batches, channels_last, autocast)
-        print(f"  train {label:<28} {rates[label]:8.1f} images/s "
-              f"({rates[label] / rates['NCHW fp32']:.2f}x NCHW fp32)")
+    for label, channels_last, precision, compiled in variants:
+        rates[label] = _train_rate(config, device, args.batch, args.batches, channels_last, precision, compiled)
+        print(f"  train {label:<28} {rates[label]:8.1f} images/s ({rates[label] / rates['NCHW fp32']:.2f}x NCHW fp32, "
+              f"{rates[label] / rates.get('channels_last fp32', rates[label]):.2f}x channels_last fp32)")
 
     one, five = _mc_cost(config, device, args.batch, max(2, args.batches))
     print(f"  inference, encoder once + head: S=1 {args.batch / one:8.1f} images/s, S=5 {args.batch / five:8.1f} "

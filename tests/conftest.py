@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,17 @@ from astropy.wcs import WCS
 def _state_dir(tmp_path_factory, monkeypatch):
     """Where the CLI writes tracebacks of internal errors: a temporary folder, never the user's ~/.local/state."""
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray with 2 CPUs for the tests of a module (no token file: RAY_AUTH_MODE=disabled)."""
+    import ray
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
 
 
 TINY_BANDS = ("g", "r", "z")

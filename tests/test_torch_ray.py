@@ -2,13 +2,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import threading
 import time
 from pathlib import Path
 
 import pytest
-import ray
 
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
 from zoobot_pipeline.data.synthetic.simulate import simulate_release
@@ -21,14 +19,6 @@ TRAINING = TrainingConfig(lr=3e-3, epochs=3, batch_size=16, patience=5, augmenta
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def release(tmp_path_factory) -> Path:
     return simulate_release(tmp_path_factory.mktemp("sim"), 60, 1, tile_size=512, seed=0, labelled_fraction=1.0)
 
@@ -37,7 +27,7 @@ def release(tmp_path_factory) -> Path:
 def two_worker_run(local_ray, release, tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("ray-run")
     out = pretrain(release, release / "votes.parquet", root / "model", MODEL, TRAINING, PREPROCESSING, workers=2,
-                   storage_path=root / "storage")
+                   storage_path=root / "storage", keep_run_dir=True)  # the tests below read its training state
     return out, root / "storage"
 
 

@@ -1,4 +1,5 @@
-"""Figures a person wants after scoring a release: the least and most certain galaxies, and where acquisition falls.
+"""Figures a person wants after scoring a release: the least and most certain galaxies, and where acquisition falls;
+and after evaluating a checkpoint: the reliability of its predicted vote fractions.
 
 Both read only the catalogue columns they need (id, acquisition, flag, the first question's fractions), so they
 suit releases of millions of sources; the grid renders only the galaxies it shows, from the release's tiles.
@@ -18,7 +19,7 @@ from zoobot_pipeline.data.render import contact_sheet, render_rgb, write_image
 from zoobot_pipeline.io import atomic_path
 from zoobot_pipeline.schemas import Schema, get_schema
 
-__all__ = ["acquisition_histogram", "certainty_grid"]
+__all__ = ["acquisition_histogram", "certainty_grid", "reliability_diagram"]
 
 
 def _schema(catalogue: Path) -> Schema:
@@ -82,6 +83,40 @@ def acquisition_histogram(catalogue: str | Path, out: str | Path, queued: int | 
         threshold = np.sort(scores)[::-1][min(queued, len(scores)) - 1]
         axes.axvline(threshold, color="#c44e52", linestyle="--", label=f"top {queued} queued")
         axes.legend()
+    figure.tight_layout()
+    with atomic_path(out) as tmp:
+        figure.savefig(tmp, format="png")
+    plt.close(figure)
+    return Path(out)
+
+
+def reliability_diagram(calibration: dict, out: str | Path, title: str = "") -> Path:
+    """A PNG reliability diagram from the ``calibration`` of :func:`zoobot_pipeline.stats.vote_fraction_metrics`:
+    mean observed against mean predicted vote fraction per bin (the diagonal is perfect calibration), and below it the
+    number of answers in each bin."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    edges = np.asarray(calibration["edges"], dtype=np.float64)
+    count = np.asarray(calibration["count"], dtype=np.int64)
+    filled = count > 0
+    predicted = np.array([np.nan if v is None else v for v in calibration["predicted"]], dtype=np.float64)[filled]
+    observed = np.array([np.nan if v is None else v for v in calibration["observed"]], dtype=np.float64)[filled]
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(5.0, 6.0), dpi=100, sharex=True,
+                                         gridspec_kw={"height_ratios": [3, 1]})
+    top.plot([0, 1], [0, 1], color="#999999", linestyle="--", label="perfect calibration")
+    top.plot(predicted, observed, marker="o", color="#4c72b0", label="model")
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.set_ylabel("mean volunteer vote fraction")
+    error = calibration.get("calibration_error")
+    top.set_title(title + (f"\ncalibration error {error:.3f}" if error is not None else ""))
+    top.legend(loc="upper left")
+    bottom.bar(edges[:-1], count, width=np.diff(edges), align="edge", color="#4c72b0", edgecolor="white")
+    bottom.set_xlabel("predicted vote fraction (expected, per answer)")
+    bottom.set_ylabel("answers")
     figure.tight_layout()
     with atomic_path(out) as tmp:
         figure.savefig(tmp, format="png")

@@ -29,7 +29,7 @@ from __future__ import annotations
 from functools import cache
 from itertools import combinations
 from math import comb
-from typing import Literal, NamedTuple, get_args
+from typing import Any, Literal, NamedTuple, get_args
 
 import numpy as np
 from scipy.special import gammaln, xlogy
@@ -48,10 +48,13 @@ __all__ = [
     "population_concentrations",
     "predictive_entropy",
     "question_mutual_information",
+    "reliability_bins",
     "schema_vote_information",
+    "vote_fraction_metrics",
     "vote_information",
     "vote_outcomes",
     "weighted_question_terms",
+    "Reliability",
     "VoteInformation",
 ]
 
@@ -113,6 +116,88 @@ def expected_fractions(concentrations: np.ndarray, schema: Schema) -> np.ndarray
         block = alpha[..., q.slice]
         fractions[..., q.slice] = block / block.sum(axis=-1, keepdims=True)
     return fractions.mean(axis=1) if fractions.ndim == 3 else fractions
+
+
+class Reliability(NamedTuple):
+    """Reliability of predicted fractions: ``n_bins`` equal-width bins of the predicted value over [0, 1]; per bin
+    the number of points and their mean predicted and mean observed value (NaN in an empty bin)."""
+
+    edges: np.ndarray
+    count: np.ndarray
+    predicted: np.ndarray
+    observed: np.ndarray
+
+    @property
+    def calibration_error(self) -> float:
+        """Count-weighted mean of ``|mean predicted - mean observed|`` over the bins (expected calibration error);
+        NaN without points."""
+        total = int(self.count.sum())
+        if total == 0:
+            return float("nan")
+        filled = self.count > 0
+        gaps = np.abs(self.predicted[filled] - self.observed[filled])
+        return float(np.sum(self.count[filled] * gaps) / total)
+
+
+def reliability_bins(predicted: np.ndarray, observed: np.ndarray, n_bins: int = 10) -> Reliability:
+    """Bin ``predicted`` values in [0, 1] into ``n_bins`` equal-width bins (the last one closed) and average the
+    ``observed`` values in each (see :class:`Reliability`); a perfectly calibrated model has them equal."""
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    predicted = np.asarray(predicted, dtype=np.float64).ravel()
+    observed = np.asarray(observed, dtype=np.float64).ravel()
+    if predicted.shape != observed.shape:
+        raise ValueError(f"predicted {predicted.shape} and observed {observed.shape} must have the same shape")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    index = np.clip((predicted * n_bins).astype(np.int64), 0, n_bins - 1)
+    count = np.bincount(index, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_predicted = np.bincount(index, weights=predicted, minlength=n_bins) / count
+        mean_observed = np.bincount(index, weights=observed, minlength=n_bins) / count
+    return Reliability(edges, count, mean_predicted, mean_observed)
+
+
+def vote_fraction_metrics(votes: np.ndarray, concentrations: np.ndarray, schema: Schema,
+                          n_bins: int = 10) -> dict[str, Any]:
+    """How well concentrations ``(n, A)`` (one forward pass, dropout off) predict volunteers' votes ``(n, A)``.
+
+    Per question, over the galaxies asked it (at least one vote): ``n_asked``, ``nll`` (mean Dirichlet-Multinomial
+    negative log-likelihood of the votes, :func:`dirichlet_multinomial_nll`) and ``fraction_mae`` (mean absolute error
+    of the expected fractions, :func:`expected_fractions`, against the observed vote fractions, averaged over the
+    question's answers); None where no galaxy was asked. ``calibration``: :func:`reliability_bins` of every answer's
+    predicted fraction against its observed fraction, one point per galaxy asked the question and answer, as lists
+    (None in empty bins), with its ``calibration_error``. Returns ``{"questions": {name: {...}}, "calibration":
+    {...}}``, ready for JSON.
+    """
+    votes = np.asarray(votes, dtype=np.float64)
+    alpha = np.asarray(concentrations, dtype=np.float64)
+    nll = dirichlet_multinomial_nll(votes, alpha, schema)
+    predicted = expected_fractions(alpha, schema)
+    questions: dict[str, dict[str, float | int | None]] = {}
+    all_predicted, all_observed = [], []
+    for q in schema.questions:
+        block = votes[:, q.slice]
+        total = block.sum(axis=1)
+        asked = total > 0
+        observed = block[asked] / total[asked, None]
+        guess = predicted[asked][:, q.slice]
+        n_asked = int(asked.sum())
+        questions[q.name] = {
+            "n_asked": n_asked,
+            "nll": float(nll[asked, q.index].mean()) if n_asked else None,
+            "fraction_mae": float(np.abs(guess - observed).mean()) if n_asked else None,
+        }
+        all_predicted.append(guess.ravel())
+        all_observed.append(observed.ravel())
+    bins = reliability_bins(np.concatenate(all_predicted), np.concatenate(all_observed), n_bins)
+
+    def listed(values: np.ndarray) -> list[float | None]:
+        return [None if np.isnan(v) else float(v) for v in values]
+
+    calibration = {"edges": bins.edges.tolist(), "count": bins.count.tolist(), "predicted": listed(bins.predicted),
+                   "observed": listed(bins.observed),
+                   "calibration_error": None if np.isnan(bins.calibration_error) else bins.calibration_error}
+    return {"questions": questions, "calibration": calibration}
 
 
 def population_concentrations(votes: np.ndarray, schema: Schema) -> np.ndarray:

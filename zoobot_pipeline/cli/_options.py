@@ -241,6 +241,27 @@ CpusPerWorker = Annotated[float, typer.Option(help="CPUs reserved per Ray worker
 MaxFailures = Annotated[int, typer.Option(help="Worker failures Ray Train recovers from (resuming a checkpoint).")]
 ResumeFrom = Annotated[Path | None, typer.Option(help="A Ray training-state checkpoint of an earlier run.")]
 Quiet = Annotated[bool, typer.Option("--quiet/--progress", help="Hide or show per-epoch progress.")]
+TRAINING_PRECISIONS = ("fp32", "bf16", "fp16")
+"""``TrainingConfig.precision``'s choices (``models.config.PRECISIONS``; spelled out so that the command line does not
+import the models package, a test keeps them equal)."""
+TRAINING_SCHEDULES = ("cosine", "onecycle", "constant", "plateau")
+"""``TrainingConfig.schedule``'s choices (``models.config.SCHEDULES``)."""
+TrainingPrecision = choices("TrainingPrecision", TRAINING_PRECISIONS)
+Schedule = choices("Schedule", TRAINING_SCHEDULES)
+PrecisionOption = Annotated[TrainingPrecision, typer.Option(
+    "--precision", help="Forward passes in fp32, or under bf16 (CPU or CUDA) or fp16 (CUDA only, with gradient "
+                        "scaling) autocast; weights, loss and checkpoints stay float32.")]
+GradClip = Annotated[float | None, typer.Option(
+    metavar="NORM", help="Clip the L2 norm of all gradients to NORM each step (default: no clipping).")]
+Compile = Annotated[bool, typer.Option(
+    "--compile/--no-compile", help="torch.compile the encoder (slow first epoch; needs a C++ compiler on CPU).")]
+ScheduleOption = Annotated[Schedule, typer.Option(
+    "--schedule", help="LR schedule: cosine, onecycle and constant plan for all --epochs (stepped per batch); plateau "
+                       "halves the LR after 2 epochs without validation improvement: the choice for runs that early "
+                       "stopping may end sooner.")]
+KeepRunDir = Annotated[bool, typer.Option(
+    "--keep-run-dir/--no-keep-run-dir", help="With Ray: keep the run directory (training state, for --resume-from) "
+                                             "after a successful run; it is always kept after a failure.")]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -259,6 +280,11 @@ class TrainingOptions:
     ray_address: RayAddress = None
     max_failures: MaxFailures = 2
     resume_from: ResumeFrom = None
+    keep_run_dir: KeepRunDir = False
+    schedule: ScheduleOption = "cosine"  # type: ignore[assignment]
+    precision: PrecisionOption = "fp32"  # type: ignore[assignment]
+    grad_clip: GradClip = None
+    compile: Compile = False
     quiet: Quiet = False
 
     def keywords(self) -> dict[str, Any]:
@@ -267,10 +293,12 @@ class TrainingOptions:
         from zoobot_pipeline.models import TrainingConfig
 
         config = TrainingConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, patience=self.patience,
-                                seed=self.seed)
+                                seed=self.seed, schedule=str(self.schedule), precision=str(self.precision),
+                                grad_clip=self.grad_clip, compile=self.compile)
         return {"training_config": config, "workers": self.workers, "gpus_per_worker": self.gpus_per_worker,
                 "cpus_per_worker": self.cpus_per_worker, "ray_address": self.ray_address,
-                "max_failures": self.max_failures, "resume_from": self.resume_from, "quiet": self.quiet}
+                "max_failures": self.max_failures, "resume_from": self.resume_from,
+                "keep_run_dir": self.keep_run_dir, "quiet": self.quiet}
 
 
 def training_options(*, epochs: int, batch_size: int, patience: int) -> Callable[[F], F]:

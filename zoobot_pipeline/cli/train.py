@@ -1,9 +1,10 @@
-"""Training commands: ``pretrain``, ``finetune`` and ``export`` (a checkpoint to a model package)."""
+"""Training commands: ``pretrain``, ``finetune``, ``evaluate`` (a checkpoint on labelled galaxies) and ``export`` (a
+checkpoint to a model package)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -14,6 +15,9 @@ from zoobot_pipeline.errors import UnknownNameError, ZoobotPipelineError
 from zoobot_pipeline.runtime.package import REDUCED_PRECISIONS, TASKS
 
 app = typer.Typer()
+
+EVALUATION_JSON = "evaluation.json"
+RELIABILITY_PNG = "reliability.png"
 
 FinetuneTask = choices("FinetuneTask", TASKS)
 Precision = choices("Precision", REDUCED_PRECISIONS)
@@ -103,6 +107,70 @@ def finetune(
     path = models.finetune(checkpoint, release, labels, out, config, model_config=model_config,
                            preprocessing=preprocessing, overwrite=overwrite, **training.keywords())
     console.print(f"best checkpoint: {path}")
+
+
+@app.command()
+def evaluate(
+    checkpoint: Annotated[Path, typer.Option(help="Checkpoint directory (pretrained or finetuned).")],
+    release: Annotated[Path, typer.Option(help="Release directory with the images.")],
+    labels: Annotated[Path, typer.Option(
+        help="A pretrained checkpoint: votes catalogue of its decision tree; a finetuned one: its labels file.")],
+    out: Annotated[Path | None, typer.Option(
+        help=f"Directory to write {EVALUATION_JSON} (every metric) and, for vote predictions, {RELIABILITY_PNG}.")]
+    = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Galaxies per forward pass.")] = 64,
+    overwrite: Overwrite = False,
+) -> None:
+    """Evaluate a checkpoint on labelled galaxies: per-question NLL, vote-fraction error and calibration for vote
+    predictions; loss and accuracy or RMSE for a finetuned classifier or regressor."""
+    from zoobot_pipeline import models
+    from zoobot_pipeline.io import atomic_directory, prepare_output_dir, write_json_atomic
+
+    if out is not None:
+        prepare_output_dir(out, marker=EVALUATION_JSON, what="model evaluation", overwrite=overwrite,
+                           inputs=[checkpoint, release, labels])
+    metrics = models.evaluate(checkpoint, release, labels, batch_size=batch_size)
+    _print_evaluation(metrics, checkpoint)
+    if out is None:
+        return
+    with atomic_directory(out, own=(EVALUATION_JSON, RELIABILITY_PNG), marker=EVALUATION_JSON) as tmp:
+        if "calibration" in metrics:
+            from zoobot_pipeline.figures import reliability_diagram
+
+            reliability_diagram(metrics["calibration"], tmp / RELIABILITY_PNG,
+                                title=f"{checkpoint.name} on {labels.name}")
+        write_json_atomic({"checkpoint": str(checkpoint), "release": str(release), "labels": str(labels), **metrics},
+                          tmp / EVALUATION_JSON)
+    console.print(f"evaluation written to {out}")
+
+
+def _number(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}g}"
+
+
+def _print_evaluation(metrics: dict[str, Any], checkpoint: Path) -> None:
+    """The summary, then per question and per calibration bin (for vote predictions) as tables."""
+    summary = Table("metric", "value", title=f"evaluation of {checkpoint}")
+    for key, value in metrics.items():
+        if isinstance(value, int | float):
+            summary.add_row(key, f"{value:.0f}" if key == "n" else _number(value))
+    if "calibration" in metrics:
+        summary.add_row("calibration_error", _number(metrics["calibration"]["calibration_error"]))
+    console.print(summary)
+    if "questions" not in metrics:
+        return
+    questions = Table("question", "galaxies asked", "mean NLL", "fraction MAE", title="per question")
+    for name, row in metrics["questions"].items():
+        questions.add_row(name, str(row["n_asked"]), _number(row["nll"]), _number(row["fraction_mae"]))
+    console.print(questions)
+    calibration = metrics["calibration"]
+    bins = Table("predicted fraction", "answers", "mean predicted", "mean observed",
+                 title="calibration (reliability of predicted vote fractions)")
+    edges = calibration["edges"]
+    for i, count in enumerate(calibration["count"]):
+        bins.add_row(f"{edges[i]:.1f}-{edges[i + 1]:.1f}", str(count), _number(calibration["predicted"][i], 3),
+                     _number(calibration["observed"][i], 3))
+    console.print(bins)
 
 
 @app.command("export")

@@ -78,8 +78,9 @@ class Backend(Protocol):
         ...
 
     def evaluate(self, checkpoint_dir: str | Path, release_dir: str | Path, labels_path: str | Path,
-                 ids: Sequence[str] | None = None, batch_size: int = 64) -> dict[str, float]:
-        """The checkpoint's loss (and accuracy or RMSE) on labelled galaxies of a release."""
+                 ids: Sequence[str] | None = None, batch_size: int = 64) -> dict[str, Any]:
+        """The checkpoint's loss on labelled galaxies of a release, with accuracy or RMSE for a classifier or
+        regressor, and per-question NLL, fraction error and calibration for a decision tree."""
         ...
 
     def load_checkpoint(self, path: str | Path) -> Any:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -10,8 +10,8 @@ from zoobot_pipeline.data.preprocessing import PreprocessingConfig
 from zoobot_pipeline.runtime.package import TASKS, Task
 
 __all__ = [
-    "FINETUNE_TASKS", "AugmentationConfig", "DistributedConfig", "FinetuneConfig", "FinetuneTask", "ModelConfig",
-    "TrainingConfig", "default_preprocessing",
+    "FINETUNE_TASKS", "PRECISIONS", "SCHEDULES", "AugmentationConfig", "DistributedConfig", "FinetuneConfig",
+    "FinetuneTask", "ModelConfig", "Precision", "Schedule", "TrainingConfig", "default_preprocessing",
 ]
 
 FinetuneTask = Task
@@ -56,8 +56,25 @@ class AugmentationConfig(BaseModel):
         return self
 
 
+Precision = Literal["fp32", "bf16", "fp16"]
+Schedule = Literal["cosine", "onecycle", "constant", "plateau"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
+
+
 class TrainingConfig(BaseModel):
-    """Optimisation settings: AdamW, a per-step LR schedule, early stopping on validation loss."""
+    """Optimisation settings: AdamW, an LR schedule, early stopping on validation loss, precision and compilation.
+
+    ``schedule``: ``cosine``, ``onecycle`` and ``constant`` are stepped once per batch and plan for all ``epochs``
+    (when early stopping ends the run sooner, the LR never reaches the end of its schedule); ``plateau`` multiplies
+    the LR by ``plateau_factor`` after ``plateau_patience`` epochs without a lower validation loss (stepped once per
+    epoch), so it needs no plan and is the choice for runs that stop early (keep ``plateau_patience`` below
+    ``patience``, or the run stops before the LR is lowered).
+    ``precision``: ``bf16`` or ``fp16`` run the forward passes under autocast (``fp16`` with a gradient scaler, and on
+    CUDA only); parameters, optimizer state, the loss and checkpoints stay float32. ``grad_clip``: the largest L2 norm
+    of all gradients together, clipped each step. ``compile``: ``torch.compile`` the encoder (checkpoints keep the
+    plain parameter names).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -68,11 +85,15 @@ class TrainingConfig(BaseModel):
     patience: int = Field(default=8, ge=1)
     seed: int = 0
     val_fraction: float = Field(default=0.2, gt=0, lt=1)
-    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    schedule: Schedule = "cosine"
+    plateau_patience: int = Field(default=2, ge=0)
+    plateau_factor: float = Field(default=0.5, gt=0, lt=1)
     augmentation: AugmentationConfig | None = AugmentationConfig()
     num_workers: int = Field(default=0, ge=0)
     device: str = "auto"
-
+    precision: Precision = "fp32"
+    grad_clip: float | None = Field(default=None, gt=0)
+    compile: bool = False
 
 
 class FinetuneConfig(BaseModel):
@@ -117,6 +138,9 @@ class DistributedConfig(BaseModel):
     ``storage_path`` keeps Ray's run directories (checkpoints with optimizer state); it must be shared by every node
     of a multi-node cluster and defaults to ``<out_dir>.ray`` beside the output. ``resume_from`` is a training-state
     checkpoint of an earlier run (a ``checkpoint_*`` directory under its storage path) to continue from.
+    ``keep_run_dir``: keep the run's directory under ``storage_path`` after a successful run (to resume from it
+    later); by default it is removed once the best model is in the output directory. After a failure it is always
+    kept.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -128,6 +152,7 @@ class DistributedConfig(BaseModel):
     max_failures: int = Field(default=2, ge=0)
     storage_path: str | None = None
     resume_from: str | None = None
+    keep_run_dir: bool = False
 
     @property
     def uses_ray(self) -> bool:

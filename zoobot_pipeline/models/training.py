@@ -43,17 +43,17 @@ def pretrain(release_dir: str | Path, votes_path: str | Path, out_dir: str | Pat
              model_config: ModelConfig | None = None, training_config: TrainingConfig | None = None,
              preprocessing: PreprocessingConfig | None = None, *, workers: int = 1, gpus_per_worker: float = 0.0,
              cpus_per_worker: float = 1.0, ray_address: str | None = None, max_failures: int = 2,
-             storage_path: str | Path | None = None, resume_from: str | Path | None = None, quiet: bool = True,
-             backend: str = "torch", overwrite: bool = False) -> Path:
+             storage_path: str | Path | None = None, resume_from: str | Path | None = None,
+             keep_run_dir: bool = False, quiet: bool = True, backend: str = "torch", overwrite: bool = False) -> Path:
     """Pretrain a Zoobot-style model on a release's voted galaxies; returns ``out_dir`` (the best checkpoint).
 
     ``preprocessing`` defaults to the GZ DECaLS convention at the model's input size; ``model_config`` to one matching
-    ``preprocessing``. See :class:`DistributedConfig` for the distributed options. ``out_dir`` may be an earlier
-    checkpoint (replaced); another non-empty directory only with ``overwrite`` (only the checkpoint's files are
-    replaced, the rest is kept).
+    ``preprocessing``. See :class:`DistributedConfig` for the distributed options (``keep_run_dir`` among them).
+    ``out_dir`` may be an earlier checkpoint (replaced); another non-empty directory only with ``overwrite`` (only
+    the checkpoint's files are replaced, the rest is kept).
     """
     distributed = _distributed(workers, gpus_per_worker, cpus_per_worker, ray_address, max_failures, storage_path,
-                               resume_from)
+                               resume_from, keep_run_dir)
     _check_output(out_dir, distributed, overwrite, [release_dir])
     preprocessing = preprocessing or default_preprocessing(model_config)
     model_config = model_config or ModelConfig.from_preprocessing(preprocessing)
@@ -69,8 +69,8 @@ def finetune(checkpoint_dir: str | Path | None, release_dir: str | Path, labels_
              model_config: ModelConfig | None = None, preprocessing: PreprocessingConfig | None = None,
              workers: int = 1, gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0,
              ray_address: str | None = None, max_failures: int = 2, storage_path: str | Path | None = None,
-             resume_from: str | Path | None = None, quiet: bool = True, backend: str = "torch",
-             overwrite: bool = False) -> Path:
+             resume_from: str | Path | None = None, keep_run_dir: bool = False, quiet: bool = True,
+             backend: str = "torch", overwrite: bool = False) -> Path:
     """Finetune a pretrained checkpoint on a labels file (``id_str`` + label columns); returns ``out_dir``.
 
     The finetuned model is written as a checkpoint of kind ``"finetuned"`` that :func:`load_checkpoint`,
@@ -80,7 +80,7 @@ def finetune(checkpoint_dir: str | Path | None, release_dir: str | Path, labels_
     ``out_dir`` and ``overwrite`` as for :func:`pretrain`; it must not overlap ``checkpoint_dir`` either.
     """
     distributed = _distributed(workers, gpus_per_worker, cpus_per_worker, ray_address, max_failures, storage_path,
-                               resume_from)
+                               resume_from, keep_run_dir)
     _check_output(out_dir, distributed, overwrite,
                   [release_dir] if checkpoint_dir is None else [release_dir, checkpoint_dir])
     training_config = training_config or TrainingConfig()
@@ -104,19 +104,29 @@ def predict(checkpoint_dir: str | Path, release_dir: str | Path, ids: Sequence[s
 
 
 def evaluate(checkpoint_dir: str | Path, release_dir: str | Path, labels_path: str | Path,
-             ids: Sequence[str] | None = None, *, batch_size: int = 64) -> dict[str, float]:
-    """A finetuned checkpoint's mean loss on labelled galaxies (all in ``labels_path``, or only ``ids``), with
-    ``accuracy`` for classification and ``rmse`` for regression; ``n`` counts the galaxies scored."""
+             ids: Sequence[str] | None = None, *, batch_size: int = 64) -> dict[str, Any]:
+    """A checkpoint's metrics on labelled galaxies of a release (all in ``labels_path``, or only ``ids``); ``n``
+    counts the galaxies scored (those with a usable cutout) and ``loss`` is the mean training loss.
+
+    A finetuned checkpoint reads finetuning labels and adds ``accuracy`` (classification) or ``rmse`` (regression).
+    A pretrained checkpoint reads a votes catalogue of its decision tree; it, and a finetuned one on a new tree, add
+    ``questions`` (per question over the galaxies asked it: ``n_asked``, mean Dirichlet-Multinomial ``nll`` and
+    ``fraction_mae``, the mean absolute error of expected against volunteer vote fractions) and ``calibration``
+    (reliability of predicted fractions in 10 bins: ``edges``, ``count``, mean ``predicted`` and ``observed``, and the
+    ``calibration_error``); see :func:`zoobot_pipeline.stats.vote_fraction_metrics`. Values are plain numbers, lists
+    and None (JSON-ready).
+    """
     return checkpoint_backend(checkpoint_dir).evaluate(checkpoint_dir, release_dir, labels_path, ids, batch_size)
 
 
 def _distributed(workers: int, gpus_per_worker: float, cpus_per_worker: float, ray_address: str | None,
                  max_failures: int, storage_path: str | Path | None,
-                 resume_from: str | Path | None) -> DistributedConfig:
+                 resume_from: str | Path | None, keep_run_dir: bool = False) -> DistributedConfig:
     return DistributedConfig(workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
                              ray_address=ray_address, max_failures=max_failures,
                              storage_path=None if storage_path is None else str(storage_path),
-                             resume_from=None if resume_from is None else str(resume_from))
+                             resume_from=None if resume_from is None else str(resume_from),
+                             keep_run_dir=keep_run_dir)
 
 
 def _check_output(out_dir: str | Path, distributed: DistributedConfig, overwrite: bool,

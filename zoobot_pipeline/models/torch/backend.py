@@ -25,7 +25,7 @@ from zoobot_pipeline.models.torch.inference import evaluate_checkpoint, predict_
 from zoobot_pipeline.models.torch.loop import LocalSession, run_training
 from zoobot_pipeline.models.torch.model import ZoobotModel, check_architecture
 from zoobot_pipeline.models.torch.state import export_model
-from zoobot_pipeline.models.torch.train import resolve_device
+from zoobot_pipeline.models.torch.train import check_precision, resolve_device
 
 __all__ = ["BACKEND", "TorchBackend"]
 
@@ -62,8 +62,11 @@ class TorchBackend:
         if distributed.uses_ray:
             from zoobot_pipeline.models.torch.distributed import train_with_ray
 
+            if distributed.gpus_per_worker == 0:  # CPU workers: refuse fp16 here, not in every worker
+                check_precision(job.training.precision, torch.device("cpu"))
             return train_with_ray(job, out_dir, distributed, quiet)
         device = torch.device("cuda") if distributed.gpus_per_worker > 0 else resolve_device(job.training.device)
+        check_precision(job.training.precision, device)
         summary = run_training(job, LocalSession(out_dir, device, distributed.resume_from), quiet)
         return export_model(Path(out_dir), out_dir, summary)
 

@@ -5,11 +5,16 @@ Ray keeps the best by validation loss and the latest. After a worker failure Ray
 ``max_failures`` times) and every worker resumes from the latest checkpoint. ``resume_from`` starts a new run from an
 earlier run's checkpoint, read by the workers directly (Ray 2.60 deprecates ``resume_from_checkpoint``). When training
 ends, the best checkpoint's model is written to the output directory as a normal checkpoint.
+
+Run directories: each run writes ``<storage_path>/<kind>-<UTC time>``. After a successful run (the best model
+written) that directory is removed, and the storage root too when this run created it and it is left empty, unless
+``keep_run_dir`` asks to keep the training state for resuming; after a failure both stay, so the run can be resumed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -108,6 +113,7 @@ def train_with_ray(job: TrainingJob, out_dir: str | Path, distributed: Distribut
         if use_gpu:
             resources["GPU"] = distributed.gpus_per_worker
         storage = Path(distributed.storage_path or f"{out_dir}.ray").resolve()
+        storage_existed = storage.exists()
         name = f"{job.kind}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}"
         resume = str(Path(distributed.resume_from).resolve()) if distributed.resume_from else None
         trainer = TorchTrainer(
@@ -129,4 +135,17 @@ def train_with_ray(job: TrainingJob, out_dir: str | Path, distributed: Distribut
             raise RuntimeError(f"Ray Train run {name} reported no checkpoint")
         with best.as_directory() as directory:
             export_model(Path(directory) / MODEL_DIR, out_dir, result.return_value)
-        return out_dir
+    if not distributed.keep_run_dir:
+        remove_run_dir(storage, name, created_root=not storage_existed)
+    return out_dir
+
+
+def remove_run_dir(storage: Path, name: str, created_root: bool) -> None:
+    """Remove a finished run's directory ``storage / name`` and then ``storage`` itself only if ``created_root`` (this
+    run made it) and nothing else is left there: never another run's state or a user's files."""
+    run_dir = storage / name
+    if run_dir.is_dir() and not run_dir.is_symlink():
+        shutil.rmtree(run_dir)
+    if created_root and storage.is_dir() and not storage.is_symlink():
+        with contextlib.suppress(OSError):  # not empty (another run wrote there meanwhile): kept
+            storage.rmdir()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -16,15 +17,18 @@ from torch.utils.data import DataLoader
 
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
 from zoobot_pipeline.data.release import Release
+from zoobot_pipeline.data.votes import read_votes, vote_matrix
+from zoobot_pipeline.errors import LabelsError, VotesError
 from zoobot_pipeline.models.checkpoint import read_checkpoint_json
 from zoobot_pipeline.models.images import LabelledImages, load_images
 from zoobot_pipeline.models.labels import read_finetune_labels
 from zoobot_pipeline.models.torch.checkpoint import load_checkpoint
 from zoobot_pipeline.models.torch.data import GalaxyDataset
 from zoobot_pipeline.models.torch.finetune import FinetuneModel, finetune_loss
+from zoobot_pipeline.models.torch.loss import dirichlet_multinomial_loss
 from zoobot_pipeline.models.torch.model import ZoobotModel
 from zoobot_pipeline.schemas import Schema
-from zoobot_pipeline.stats import expected_fractions
+from zoobot_pipeline.stats import expected_fractions, vote_fraction_metrics
 
 __all__ = ["evaluate_checkpoint", "predict_checkpoint"]
 
@@ -77,20 +81,40 @@ def predict_checkpoint(checkpoint_dir: str | Path, release_dir: str | Path, ids:
 
 
 def evaluate_checkpoint(checkpoint_dir: str | Path, release_dir: str | Path, labels_path: str | Path,
-                        ids: Sequence[str] | None = None, batch_size: int = 64) -> dict[str, float]:
+                        ids: Sequence[str] | None = None, batch_size: int = 64) -> dict[str, Any]:
     """See :func:`zoobot_pipeline.models.evaluate`."""
     model: ZoobotModel | FinetuneModel = load_checkpoint(checkpoint_dir)
-    if not isinstance(model, FinetuneModel):
-        raise ValueError(f"{checkpoint_dir}: evaluate needs a finetuned checkpoint")
     preprocessing = PreprocessingConfig.model_validate(read_checkpoint_json(checkpoint_dir)["preprocessing"])
-    labels = read_finetune_labels(labels_path, model.config, model.class_names)
-    if ids is not None:
-        labels = labels.select(ids)
-    data = load_images(release_dir, labels.ids, labels.targets, preprocessing)
+    if isinstance(model, FinetuneModel):
+        labels = read_finetune_labels(labels_path, model.config, model.class_names)
+        if ids is not None:
+            labels = labels.select(ids)
+        label_ids, targets_in = labels.ids, labels.targets
+    else:
+        votes = read_votes(labels_path, model.schema)
+        label_ids = votes.column("id_str").to_pylist()
+        targets_in = vote_matrix(votes, model.schema)
+        if ids is not None:
+            row_of = {id_str: row for row, id_str in enumerate(label_ids)}
+            missing = [i for i in ids if i not in row_of]
+            if missing:
+                raise VotesError(f"{labels_path}: {len(missing)} requested ids have no votes, e.g. {missing[:5]}")
+            targets_in = targets_in[[row_of[i] for i in ids]]
+            label_ids = list(ids)
+    data = load_images(release_dir, label_ids, targets_in, preprocessing)
+    if not data.ids:
+        raise LabelsError(f"{labels_path}: none of its {len(label_ids)} galaxies has a usable cutout in the release "
+                          f"{release_dir} ({data.n_missing} not in the release, {data.n_rejected} rejected)")
     outputs, targets = _outputs(model, data, batch_size)
-    metrics = {"n": float(len(data.ids)), "loss": float(finetune_loss(model, outputs, targets))}
-    if model.task == "classification":
-        metrics["accuracy"] = float((outputs.argmax(dim=1) == targets).double().mean())
-    elif model.task == "regression":
-        metrics["rmse"] = float(torch.sqrt(torch.mean((outputs - targets.reshape(outputs.shape)) ** 2)))
+    metrics: dict[str, Any] = {"n": float(len(data.ids))}
+    if isinstance(model, FinetuneModel):
+        metrics["loss"] = float(finetune_loss(model, outputs, targets))
+        if model.task == "classification":
+            metrics["accuracy"] = float((outputs.argmax(dim=1) == targets).double().mean())
+        elif model.task == "regression":
+            metrics["rmse"] = float(torch.sqrt(torch.mean((outputs - targets.reshape(outputs.shape)) ** 2)))
+    else:
+        metrics["loss"] = float(dirichlet_multinomial_loss(targets, outputs, model.schema))
+    if model.schema is not None:  # pretrained, or finetuned on a new decision tree
+        metrics.update(vote_fraction_metrics(targets.numpy(), outputs.double().numpy(), model.schema))
     return metrics

@@ -34,7 +34,18 @@ from zoobot_pipeline.models.torch.state import (
     load_training_state,
     save_training_state,
 )
-from zoobot_pipeline.models.torch.train import loss_sum, make_optimizer, make_scheduler, train_one_epoch
+from zoobot_pipeline.models.torch.train import (
+    autocast,
+    check_precision,
+    compile_encoder,
+    compile_failed,
+    loss_sum,
+    make_grad_scaler,
+    make_optimizer,
+    make_scheduler,
+    step_epoch_schedule,
+    train_one_epoch,
+)
 from zoobot_pipeline.progress import progress_bar
 
 __all__ = ["LocalSession", "TrainingSession", "run_training", "train_task"]
@@ -116,15 +127,22 @@ def _loaders(task: TrainingTask, config: TrainingConfig,
 
 def train_task(task: TrainingTask, config: TrainingConfig, preprocessing: PreprocessingConfig,
                session: TrainingSession, quiet: bool = True) -> dict[str, Any]:
-    """Train ``task.model`` with AdamW, a per-step LR schedule and early stopping on validation loss.
+    """Train ``task.model`` with AdamW, an LR schedule (per batch, or per epoch for ``plateau``) and early stopping on
+    validation loss, in ``config.precision`` (the loss in float32), clipping gradients to ``config.grad_clip`` and
+    with a compiled encoder when ``config.compile``. fp16 without CUDA, and ``torch.compile`` failing here, raise
+    :class:`~zoobot_pipeline.errors.UnavailableError` naming the option.
 
     Each epoch ends with ``session.report``; a session that restores a training state continues after its epoch.
     Returns the run's summary: ``task.summary`` plus ``world_size``, ``n_train``, ``n_val``, ``resumed_after_epoch``
     (None for a fresh start), ``best_epoch``, ``best_val_loss`` and ``history`` (one ``{"epoch", "train_loss",
     "val_loss", "lr"}`` per epoch, including restored ones).
     """
+    check_precision(config.precision, session.device)
     train_loader, val_loader, sampler, train_set = _loaders(task, config, session)
     model = task.model.to(session.device, memory_format=torch.channels_last)
+    if config.compile:
+        compile_encoder(model)  # in place: parameter names, and so checkpoints, stay the plain ones
+    scaler = make_grad_scaler(config.precision, session.device)
     optimizer = make_optimizer(model, config, task.param_groups)
     scheduler = make_scheduler(optimizer, config, len(train_loader))
     with session.restored() as state_dir:
@@ -151,12 +169,21 @@ def train_task(task: TrainingTask, config: TrainingConfig, preprocessing: Prepro
             sampler.set_epoch(epoch)
             train_set.set_epoch(epoch)
             lr = optimizer.param_groups[0]["lr"]
-            train_total, train_count = train_one_epoch(net, train_loader, optimizer, scheduler, task.loss_fn,
-                                                       session.device, advance)
-            val_total, val_count = loss_sum(model, val_loader, task.loss_fn, session.device)
+            try:
+                train_total, train_count = train_one_epoch(
+                    net, train_loader, optimizer, scheduler, task.loss_fn, session.device, advance,
+                    precision=config.precision, grad_clip=config.grad_clip, scaler=scaler)
+                with autocast(config.precision, session.device):
+                    val_total, val_count = loss_sum(model, val_loader, task.loss_fn, session.device)
+            except Exception as err:
+                failed = compile_failed(err) if config.compile else None
+                if failed is None:
+                    raise
+                raise failed from None
             train_total, train_count, val_total, val_count = session.all_sum(
                 [train_total, train_count, val_total, val_count])
             train_loss, val_loss = train_total / max(train_count, 1), val_total / max(val_count, 1)
+            step_epoch_schedule(scheduler, val_loss)
             improved = val_loss < progress.best_val_loss
             progress.epoch = epoch
             progress.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr})

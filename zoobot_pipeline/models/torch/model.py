@@ -69,7 +69,12 @@ class DirichletHead(nn.Module):
         """Concentrations ``(batch, n_answers)``, or ``(batch, mc_samples, n_answers)`` from independent masks.
 
         MC sampling always applies dropout, in train or eval mode; without ``mc_samples`` dropout follows the mode.
+        Under autocast (``--precision bf16|fp16``) the head still runs in float32: concentrations near 100 have a
+        resolution of 0.5 in bfloat16, too coarse for the Dirichlet-Multinomial loss.
         """
+        if torch.is_autocast_enabled(features.device.type):
+            with torch.autocast(features.device.type, enabled=False):
+                return self.forward(features.float(), mc_samples)
         if mc_samples is None:
             dropped = F.dropout(features, self.dropout_rate, training=self.training)
         else:
