@@ -4,11 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONSTRAINTS := requirements/constraints.txt
 INSTALLED := $(VENV)/.installed
+KERNELS := $(VENV)/.kernels
 DEMO_OUT ?= demo-output
 
 .PHONY: install demo test lint bench clean
 
-install: $(INSTALLED)
+install: $(INSTALLED) $(KERNELS)
 
 # Re-runs whenever the project's requirements change; galaxy-datasets is the reference for the decision trees in the
 # tests and comes without its dependencies (torch and friends), which the tests never import.
@@ -19,15 +20,22 @@ $(INSTALLED): pyproject.toml $(CONSTRAINTS)
 	$(BIN)/python -m pip install --quiet --no-deps -c $(CONSTRAINTS) galaxy-datasets
 	touch $@
 
+# The numba kernels compiled into the package (numba's cache in zoobot_pipeline/__pycache__), so that no process pays
+# numba's 5-10 s compilation; again whenever their source changes.
+$(KERNELS): $(INSTALLED) zoobot_pipeline/_numba_cache.py zoobot_pipeline/_vote_space.py \
+		zoobot_pipeline/data/image_kernels.py
+	$(BIN)/zoobot-pipeline kernels compile
+	touch $@
+
 # The demo's Prefect runs go to a temporary local API with its SQLite database under $(DEMO_OUT)/.prefect, unless
 # PREFECT_API_URL points at a server. Prefect waits 20 s for that API by default, too little on a busy 2-core machine.
-demo: $(INSTALLED)
+demo: $(KERNELS)
 	mkdir -p $(DEMO_OUT)/.prefect
 	PREFECT_HOME=$${PREFECT_HOME:-$(abspath $(DEMO_OUT))/.prefect} PREFECT_SERVER_ANALYTICS_ENABLED=false \
 	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=$${PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS:-120} \
 		$(BIN)/python -m flows.demo --out $(DEMO_OUT)
 
-test: $(INSTALLED)
+test: $(KERNELS)
 	$(BIN)/python -m pytest -q
 
 # ruff, then the import contracts in pyproject.toml ([tool.importlinter]): the layers, where torch, tensorflow,
@@ -36,7 +44,7 @@ lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
 
-bench: $(INSTALLED)
+bench: $(KERNELS)
 	$(BIN)/python benchmarks/mutual_information.py
 	$(BIN)/python benchmarks/simulate_rate.py
 

@@ -56,13 +56,15 @@ def score_catalogue(release_dir: Path, package_dir: Path, out_dir: Path, options
 def score_release(release_dir: Path, package_dir: Path, out_dir: Path, batch_size: int = 32, chunk_size: int = 256,
                   mc_samples: int | None = None, seed: int = 0, device: str = "cpu", variant: str = "fp32",
                   threads: int | None = None, use_ray: bool = False, ray_address: str | None = None,
-                  workers: int | None = None, gpus_per_worker: float = 0.0, overwrite: bool = False) -> ScoringResult:
+                  workers: int | None = None, gpus_per_worker: float = 0.0, prep_workers: int | None = None,
+                  overwrite: bool = False) -> ScoringResult:
     """Score every source of a release with a model package into the catalogue directory ``out_dir``, in this
-    process or on Ray Data (``use_ray``, or a running cluster at ``ray_address``)."""
+    process (``prep_workers`` preparing threads) or on Ray Data (``use_ray``, or a running cluster at
+    ``ray_address``)."""
     options = {"batch_size": batch_size, "chunk_size": chunk_size, "mc_samples": mc_samples, "seed": seed,
                "device": device, "variant": variant, "threads": threads, "use_ray": use_ray,
                "ray_address": ray_address, "workers": workers, "gpus_per_worker": gpus_per_worker,
-               "overwrite": overwrite}
+               "prep_workers": prep_workers, "overwrite": overwrite}
     result = score_catalogue(release_dir, package_dir, out_dir, options)
     report_catalogue(result, release_dir)
     return result

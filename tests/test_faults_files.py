@@ -155,7 +155,8 @@ def test_score_option_ranges_are_checked_before_any_work(package, release, tmp_p
 
 def test_options_that_would_not_fit_in_memory_are_refused(package, release, tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "_physical_memory", lambda: 1 << 30)
-    with pytest.raises(ScoringError, match=r"--chunk-size 65536, --batch-size 4096 and --mc-samples 1000 need .* GiB"):
+    with pytest.raises(ScoringError, match=r"--chunk-size 65536, --batch-size 4096, --mc-samples 1000 and "
+                                           r"--prep-workers 0 need .* GiB"):
         score_release(release, package, tmp_path / "catalogue", chunk_size=65536, batch_size=4096, mc_samples=1000,
                       progress=False)
     assert not (tmp_path / "catalogue").exists()

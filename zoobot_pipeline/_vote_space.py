@@ -4,6 +4,9 @@ Inputs are log-term tables made by ``stats`` with vectorised numpy: ``tables[g, 
 lgamma(a_i) - lgamma(v + 1)`` and ``constant[g, s]``, minus the same term for ``sum(a)`` at ``v = N``. The
 log-probability of votes ``v`` under sample ``s`` is ``constant[s] + sum_i tables[s, i, v_i]``. Each galaxy runs in
 one fused loop, in parallel over galaxies.
+
+The kernels are compiled where the package is installed, for the argument types ``stats`` passes (each kernel's
+signatures), and loaded from there by every process: see :mod:`zoobot_pipeline._numba_cache`.
 """
 
 from __future__ import annotations
@@ -11,12 +14,15 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+
+from zoobot_pipeline._numba_cache import cached_njit
 
 NEGLIGIBLE_LOG_PROB = -50.0
+_F8 = types.float64
 
 
-@njit(cache=True, parallel=True)
+@cached_njit([(_F8[:, :, ::1], types.int64)], parallel=True)
 def log_term_tables(alpha: np.ndarray, n_volunteers: int) -> np.ndarray:
     """``T[g, s, i, v] = lgamma(v + a) - lgamma(a) - lgamma(v + 1)`` for ``v = 0..N`` and ``a = alpha[g, s, i]``.
 
@@ -38,7 +44,7 @@ def log_term_tables(alpha: np.ndarray, n_volunteers: int) -> np.ndarray:
     return tables
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _log_prob_all(tables: np.ndarray, constant: np.ndarray, votes: np.ndarray, log_p: np.ndarray) -> float:
     """Log-probability of one vote outcome under every MC sample (written to ``log_p``); returns the largest."""
     n_samples, k = tables.shape[0], tables.shape[1]
@@ -52,7 +58,7 @@ def _log_prob_all(tables: np.ndarray, constant: np.ndarray, votes: np.ndarray, l
     return top
 
 
-@njit(cache=True, parallel=True)
+@cached_njit([(_F8[:, :, :, ::1], _F8[:, ::1], types.Array(types.int64, 2, "C", readonly=True))], parallel=True)
 def exact_information(tables: np.ndarray, constant: np.ndarray, outcomes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mutual information, predictive entropy) per galaxy by enumerating every vote outcome.
 
@@ -88,7 +94,7 @@ def exact_information(tables: np.ndarray, constant: np.ndarray, outcomes: np.nda
     return mi, entropy
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _fill_zero_probabilities(alpha: np.ndarray, n_volunteers: int, zero: np.ndarray, after: np.ndarray) -> None:
     """``zero[i, n] = P(v_i = 0)`` for ``v_i ~ BetaBinomial(n, a_i, b_i)``; ``after[i] = b_i = a_{i+1} + ... + a_k``.
 
@@ -106,7 +112,7 @@ def _fill_zero_probabilities(alpha: np.ndarray, n_volunteers: int, zero: np.ndar
         tail = total
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _draw_votes(alpha: np.ndarray, zero: np.ndarray, after: np.ndarray, n_volunteers: int, first_uniform: float,
                 votes: np.ndarray) -> None:
     """One vote outcome from a Dirichlet-Multinomial, as a chain of beta-binomials sampled by inverse CDF.
@@ -137,7 +143,7 @@ def _draw_votes(alpha: np.ndarray, zero: np.ndarray, after: np.ndarray, n_volunt
     votes[k - 1] = remaining
 
 
-@njit(cache=True, parallel=True)
+@cached_njit([(_F8[:, :, ::1], _F8[:, :, :, ::1], _F8[:, ::1], types.int64, types.int64[::1])], parallel=True)
 def sampled_information(alpha: np.ndarray, tables: np.ndarray, constant: np.ndarray, n_draws: int,
                         streams: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mutual information, predictive entropy) estimated from ``n_draws`` vote outcomes drawn from each MC sample.

@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 __all__ = [
-    "ExportError", "LabelsError", "PackageError", "ReleaseError", "SchemaError", "ScoringError", "ServiceError",
-    "UnavailableError", "UnknownNameError", "UploadError", "VotesError", "ZoobotPipelineError", "check_name",
+    "CheckpointImportError", "ExportError", "LabelsError", "PackageError", "ReleaseError", "SchemaError",
+    "ScoringError", "ServiceError", "UnavailableError", "UnknownNameError", "UploadError", "VotesError",
+    "ZoobotPipelineError", "check_name",
 ]
 
 
@@ -52,6 +53,11 @@ class PackageError(ZoobotPipelineError):
 
 class ExportError(ZoobotPipelineError):
     """The exported graph does not reproduce the framework's outputs, or a variant cannot be made."""
+
+
+class CheckpointImportError(ZoobotPipelineError):
+    """A Zoobot checkpoint or encoder cannot be imported: refused as unsafe (a pickle that needs more than tensors
+    and plain containers), or it does not fit the options; the message names the file and the problem."""
 
 
 class ScoringError(ZoobotPipelineError):

@@ -388,7 +388,9 @@ def _vote_space_information(
         raise ValueError("n_volunteers must be >= 0")
     if n_draws < 1:
         raise ValueError("n_draws must be >= 1")
-    from zoobot_pipeline._vote_space import exact_information, log_term_tables, sampled_information  # numba: ~1 s
+    # numba: ~0.3 s to import, ~0.5 s more at the first call; the kernels themselves come compiled from numba's cache
+    # (written at install time, see _vote_space), else they compile here, 5-10 s
+    from zoobot_pipeline._vote_space import exact_information, log_term_tables, sampled_information
 
     n, n_samples, k = alpha.shape
     if n_volunteers == 0 or k == 1 or n == 0:

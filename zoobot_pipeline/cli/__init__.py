@@ -1,9 +1,9 @@
 """The ``zoobot-pipeline`` command line. Each sub-command is a thin call into the library.
 
-One module per command group (:mod:`.data`, :mod:`.train`, :mod:`.score`, :mod:`.queue`); :mod:`._options` holds
-what they share, including the one handler that turns every error into one line, ``error: <message>``: bad input
-(and a path the user can fix) exits 2, a failed outside service or a full disk 1, and an unexpected exception 1 with
-its full traceback written to a file the line names.
+One module per command group (:mod:`.data`, :mod:`.train`, :mod:`.imports`, :mod:`.score`, :mod:`.queue`);
+:mod:`._options` holds what they share, including the one handler that turns every error into one line,
+``error: <message>``: bad input (and a path the user can fix) exits 2, a failed outside service or a full disk 1, and
+an unexpected exception 1 with its full traceback written to a file the line names.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from zoobot_pipeline._version import __version__
-from zoobot_pipeline.cli import data, queue, score, train
+from zoobot_pipeline.cli import data, imports, queue, score, train
 from zoobot_pipeline.cli._options import UserErrorsGroup, console
 from zoobot_pipeline.cli.score import TILES_FAILED_EXIT
 
@@ -21,7 +21,7 @@ __all__ = ["TILES_FAILED_EXIT", "app"]
 
 app = typer.Typer(help="Galaxy Zoo morphology at survey scale: simulate, train, score, rank.", no_args_is_help=True,
                   pretty_exceptions_enable=False, cls=UserErrorsGroup)
-for group in (data.app, train.app, score.app, queue.app):
+for group in (data.app, train.app, imports.app, score.app, queue.app):
     app.add_typer(group)
 
 

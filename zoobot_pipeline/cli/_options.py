@@ -22,14 +22,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, get_type_hints
 
-import pydantic
 import typer
 from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
 from zoobot_pipeline._version import __version__
-from zoobot_pipeline.data.render import IMAGE_FORMATS
 from zoobot_pipeline.errors import ServiceError, ZoobotPipelineError
 
 console = Console()
@@ -52,6 +50,21 @@ _CLICK_EXCEPTIONS = (typer.Exit, typer.Abort,
 """What click (typer's own copy, in recent typer) handles itself: exits, aborts and usage errors."""
 _CLICK_CONTEXT = [c for c in typer.Context.__mro__ if c.__name__ == "Context"][-1]
 """click's context class (typer's commands run in it, not in its subclass ``typer.Context``)."""
+
+
+# The library's lists that option types and help texts need, spelled out so that a command module needs none of the
+# library's dependencies to start (numpy, pydantic, pyarrow, Pillow, scipy: 0.7 s of a 0.9 s `--version`); each
+# command imports what it runs. tests/test_cli.py keeps them equal to the library's.
+IMAGE_FORMATS = ("png", "jpeg")
+"""``data.render.IMAGE_FORMATS``."""
+PRECISION_VARIANTS = ("fp32", "int8", "fp16")
+"""``runtime.package.PRECISION_VARIANTS``: fp32, then the reduced precisions (``REDUCED_PRECISIONS``)."""
+TASKS = ("dirichlet", "classification", "regression")
+"""``runtime.package.TASKS`` (``models.FINETUNE_TASKS``)."""
+PREPROCESSING_PRESETS = ("gz_decals", "euclid", "from_images")
+"""``data.preprocessing.available_presets()`` in a fresh process."""
+ACQUISITIONS = ("mutual_information", "entropy", "random")
+"""``active.acquisition.available_acquisitions()`` in a fresh process (the built-ins)."""
 
 
 def choices(name: str, values: Iterable[str]) -> type[StrEnum]:
@@ -96,6 +109,8 @@ def _option_names(err: BaseException) -> dict[str, str]:
 def error_message(err: BaseException) -> str:
     """One line for a user error: pydantic errors name each field (and the option it came from, where a field is
     named as an option of the command), OS errors their file and what to do."""
+    import pydantic  # loaded by the commands that validate options, not at start-up
+
     if isinstance(err, pydantic.ValidationError):
         options = _option_names(err)
         problems = []

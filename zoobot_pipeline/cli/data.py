@@ -1,4 +1,5 @@
-"""Data commands: ``simulate`` a release, ``schema list|show|validate``, ``release check`` and ``render``."""
+"""Data commands: ``simulate`` a release, ``schema list|show|validate``, ``release check``, ``render``, and
+``kernels compile`` (the numba kernels that process the data, compiled into the installed package)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from zoobot_pipeline.cli._options import FormatOption, console, print_error
 from zoobot_pipeline.errors import ZoobotPipelineError
@@ -16,8 +16,10 @@ from zoobot_pipeline.errors import ZoobotPipelineError
 app = typer.Typer()
 schema_app = typer.Typer(help="Galaxy Zoo decision trees.", no_args_is_help=True)
 release_app = typer.Typer(help="Survey data releases.", no_args_is_help=True)
+kernels_app = typer.Typer(help="The package's numba kernels.", no_args_is_help=True)
 app.add_typer(schema_app, name="schema")
 app.add_typer(release_app, name="release")
+app.add_typer(kernels_app, name="kernels")
 
 
 @app.command()
@@ -46,6 +48,8 @@ def simulate(
 @schema_app.command("list")
 def schema_list() -> None:
     """List the built-in decision trees."""
+    from rich.table import Table
+
     from zoobot_pipeline.schemas import available_schemas, get_schema
 
     table = Table("name", "questions", "answers", "description")
@@ -58,6 +62,8 @@ def schema_list() -> None:
 @schema_app.command("show")
 def schema_show(name: Annotated[str, typer.Argument(help="Built-in name or path of a YAML tree.")]) -> None:
     """Show a tree: questions, answers, label columns and what each question is asked after."""
+    from rich.table import Table
+
     from zoobot_pipeline.schemas import get_schema
 
     schema = get_schema(name)
@@ -129,3 +135,16 @@ def render(
         render_image(cut.data, out / name, opened.bands, size, fmt=image_format.value)
         written += 1
     console.print(f"wrote {written} images to {out}")
+
+
+@kernels_app.command("compile")
+def kernels_compile() -> None:
+    """Compile the numba kernels into the installed package, for this machine's CPU, where every later process
+    loads them instead of compiling (5-10 s): run it where the package is installed, as the user who installed it
+    (make install and the container build do)."""
+    from zoobot_pipeline import _vote_space  # noqa: F401 - its kernels
+    from zoobot_pipeline._numba_cache import compile_kernels
+    from zoobot_pipeline.data import image_kernels  # noqa: F401 - its kernels
+
+    for name, how, folder in compile_kernels():
+        console.print(f"{name}: {how} in {folder}", soft_wrap=True, highlight=False)

@@ -6,17 +6,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from zoobot_pipeline.active.acquisition import available_acquisitions
-from zoobot_pipeline.cli._options import FormatOption, choices, console
+from zoobot_pipeline.cli._options import ACQUISITIONS, FormatOption, choices, console
 from zoobot_pipeline.errors import ZoobotPipelineError
 
 app = typer.Typer()
 queue_app = typer.Typer(help="Galaxy Zoo priority queue: manifests, uploads, returning votes.", no_args_is_help=True)
 app.add_typer(queue_app, name="queue")
 
-Acquisition = choices("Acquisition", available_acquisitions())
+Acquisition = choices("Acquisition", ACQUISITIONS)
 
 
 def _weights(pairs: list[str] | None) -> dict[str, float]:
@@ -66,6 +64,8 @@ def rank(
     seed: Annotated[int, typer.Option(help="Seed of --acquisition random.")] = 0,
 ) -> None:
     """Rank a scored catalogue and queue the galaxies volunteers should label next (QUEUE/queue.parquet)."""
+    from rich.table import Table
+
     from zoobot_pipeline.active.ranking import QUEUE_FILE, rank_catalogue, rank_settings
 
     table = rank_catalogue(catalogue, top, acquisition=acquisition.value, weights=_weights(weight),
@@ -113,6 +113,8 @@ def queue_upload(
 ) -> None:
     """Upload a manifest into a subject set (dry run unless --no-dry-run); credentials come from PANOPTES_USERNAME
     and PANOPTES_PASSWORD (or PANOPTES_CLIENT_ID and PANOPTES_CLIENT_SECRET). Resumable: rerun after a failure."""
+    from rich.table import Table
+
     from zoobot_pipeline.active.zooniverse import upload_manifest
 
     report = upload_manifest(manifest, project, subject_set, endpoint=endpoint, dry_run=dry_run,

@@ -1,4 +1,4 @@
-"""Scoring commands: ``score`` a release into a catalogue, and ``catalogue summary``."""
+"""Scoring commands: ``score`` a release into a catalogue, ``catalogue summary`` and ``catalogue export``."""
 
 from __future__ import annotations
 
@@ -6,11 +6,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from zoobot_pipeline.cli._options import RayAddress, choices, console, error_console, one_of
+from zoobot_pipeline.cli._options import PRECISION_VARIANTS, RayAddress, choices, console, error_console, one_of
 from zoobot_pipeline.runtime.devices import DEVICES
-from zoobot_pipeline.runtime.package import PRECISION_VARIANTS
 
 app = typer.Typer()
 catalogue_app = typer.Typer(help="Scored Parquet catalogues.", no_args_is_help=True)
@@ -38,6 +36,9 @@ def score(
     = "fp32",
     threads: Annotated[int | None, typer.Option(help="onnxruntime intra-op threads (per Ray actor: default 2).")]
     = None,
+    prep_workers: Annotated[int | None, typer.Option(
+        help="Threads cutting and preprocessing ahead of the model, in this process (0: every stage in turn; "
+             "default: 0 on a CPU device, the cores but two on a GPU).")] = None,
     ray: Annotated[bool, typer.Option("--ray", help="Run on Ray Data (a local Ray unless --ray-address).")] = False,
     ray_address: RayAddress = None,
     workers: Annotated[int | None, typer.Option(help="Ray inference actors (default: from the cluster's CPUs/GPUs).")]
@@ -59,7 +60,7 @@ def score(
     result = score_release(release, model, out, batch_size=batch_size, chunk_size=chunk_size, mc_samples=mc_samples,
                            seed=seed, device=device.value, variant=variant.value, threads=threads, use_ray=ray,
                            ray_address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker,
-                           overwrite=overwrite, progress=not quiet)
+                           prep_workers=prep_workers, overwrite=overwrite, progress=not quiet)
     flagged = ", ".join(f"{reason} {n}" for reason, n in sorted(result.flagged.items())) or "none"
     console.print(f"{result.out_dir}: {result.n_sources} sources, {result.n_scored} scored, flagged: {flagged}; "
                   f"tiles: {result.tiles_scored} scored, {result.tiles_skipped} already done, "
@@ -86,6 +87,7 @@ def _sparkline(histogram: Any, width: int = 10) -> str:
 def catalogue_summary(path: Annotated[Path, typer.Argument(help="Catalogue directory written by score.")]) -> None:
     """Counts, flags, failed tiles and the distribution of key fractions and acquisition."""
     from rich import box
+    from rich.table import Table
 
     from zoobot_pipeline.scoring.summary import QUANTILES, summarize_catalogue
 
@@ -117,3 +119,25 @@ def catalogue_summary(path: Annotated[Path, typer.Argument(help="Catalogue direc
         table.add_row(label, str(d.n), f"{d.mean:.3g}", *(f"{d.quantile(q):.3g}" for q in QUANTILES),
                       _sparkline(d.histogram))
     console.print(table)
+
+
+@catalogue_app.command("export")
+def catalogue_export(
+    path: Annotated[Path, typer.Argument(help="Catalogue directory written by score.")],
+    format_: Annotated[str, typer.Option(
+        "--format", metavar="fits|hats|zoobot-csv",
+        help="fits: one FITS binary table (TOPCAT, astropy); hats: a HATS catalogue directory (LSDB); zoobot-csv: "
+             "the CSV of Zoobot's predict_on_catalog (scored galaxies only).")],
+    out: Annotated[Path, typer.Option(help="File to write (fits, zoobot-csv) or directory (hats).")],
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace an existing --out (a HATS directory: only the catalogue's own files).")] = False,
+    partition_rows: Annotated[int | None, typer.Option(
+        help="hats: most rows per HEALPix partition (default 250000).")] = None,
+) -> None:
+    """Export a catalogue for TOPCAT/astropy (FITS), LSDB (HATS) or Zoobot's scripts (CSV); streams, never loads it
+    whole."""
+    from zoobot_pipeline.formats import export_catalogue
+
+    result = export_catalogue(path, out, format_, overwrite=overwrite, partition_rows=partition_rows)
+    console.print(f"{result.out}: {result.format}, {result.n_rows} rows from {result.n_tiles} tiles of {path}",
+                  highlight=False)

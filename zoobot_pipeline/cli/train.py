@@ -4,15 +4,23 @@ checkpoint to a model package)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
-from zoobot_pipeline.cli._options import TrainingOptions, choices, console, training_options
-from zoobot_pipeline.data.preprocessing import PreprocessingConfig, available_presets, preset
+from zoobot_pipeline.cli._options import (
+    PRECISION_VARIANTS,
+    PREPROCESSING_PRESETS,
+    TASKS,
+    TrainingOptions,
+    choices,
+    console,
+    training_options,
+)
 from zoobot_pipeline.errors import UnknownNameError, ZoobotPipelineError
-from zoobot_pipeline.runtime.package import REDUCED_PRECISIONS, TASKS
+
+if TYPE_CHECKING:
+    from zoobot_pipeline.data.preprocessing import PreprocessingConfig
 
 app = typer.Typer()
 
@@ -20,7 +28,7 @@ EVALUATION_JSON = "evaluation.json"
 RELIABILITY_PNG = "reliability.png"
 
 FinetuneTask = choices("FinetuneTask", TASKS)
-Precision = choices("Precision", REDUCED_PRECISIONS)
+Precision = choices("Precision", PRECISION_VARIANTS[1:])
 Overwrite = Annotated[bool, typer.Option(
     help="Replace an existing --out that is not this command's earlier output (only the files this command writes "
          "are replaced).")]
@@ -28,6 +36,8 @@ Overwrite = Annotated[bool, typer.Option(
 
 def _preprocessing(name: str, input_size: int) -> PreprocessingConfig:
     """``--preprocessing``: a preset at ``input_size``, or a PreprocessingConfig JSON file."""
+    from zoobot_pipeline.data.preprocessing import PreprocessingConfig, preset
+
     if name.endswith(".json"):
         return PreprocessingConfig.model_validate_json(Path(name).read_text())
     try:
@@ -56,7 +66,7 @@ def pretrain(
     architecture: Annotated[str, typer.Option(help="Any timm architecture name.")] = "efficientnet_b0",
     input_size: Annotated[int, typer.Option(help="Model input size in pixels.")] = 224,
     preprocessing: Annotated[str, typer.Option(
-        help=f"{', '.join(available_presets())}, or a PreprocessingConfig JSON.")] = "gz_decals",
+        help=f"{', '.join(PREPROCESSING_PRESETS)}, or a PreprocessingConfig JSON.")] = "gz_decals",
     overwrite: Overwrite = False,
     *,
     training: TrainingOptions,
@@ -94,6 +104,7 @@ def finetune(
 ) -> None:
     """Finetune a pretrained model on a few labels: a classifier, a regressor, or a new decision tree."""
     from zoobot_pipeline import models
+    from zoobot_pipeline.data.preprocessing import preset
 
     if (checkpoint is None) != from_scratch:
         raise ZoobotPipelineError("give --checkpoint, or --from-scratch for the random-encoder baseline (not both)")
@@ -150,6 +161,8 @@ def _number(value: float | None, digits: int = 4) -> str:
 
 def _print_evaluation(metrics: dict[str, Any], checkpoint: Path) -> None:
     """The summary, then per question and per calibration bin (for vote predictions) as tables."""
+    from rich.table import Table
+
     summary = Table("metric", "value", title=f"evaluation of {checkpoint}")
     for key, value in metrics.items():
         if isinstance(value, int | float):
@@ -187,6 +200,8 @@ def export_model(
     overwrite: Overwrite = False,
 ) -> None:
     """Export a checkpoint to an ONNX model package, checked against the framework's own output."""
+    from rich.table import Table
+
     from zoobot_pipeline.export import ModelPackage, export_package
 
     path = export_package(checkpoint, out, mc_samples=mc_samples, variants=[v.value for v in variant or ()],

@@ -1,10 +1,10 @@
 """Cutouts around sky positions from a memory-mapped tile, through each band's WCS.
 
-Pixels are taken with ``astropy.nddata.utils.overlap_slices`` (the slicing step of ``extract_array``) and copied
-straight into a NaN-filled float32 ``(n_bands, H, W)`` array, which also converts big-endian FITS data to native
-float32 and says whether the window is cut by the tile edge. It is as fast as ``extract_array`` plus ``astype`` and
-faster than ``Cutout2D`` (figures in ``benchmarks/README.md``), keeps the edge flag free, and also works for integer
-images, where ``extract_array`` cannot fill with NaN.
+Windows are placed as ``astropy.nddata.utils.overlap_slices`` places them (the slicing step of ``extract_array``)
+and copied into a NaN-filled native float32 ``(n_bands, H, W)`` array, which also says whether the window is cut by
+the tile edge. float32 tiles (big-endian in FITS) go through compiled kernels (:mod:`.image_kernels`: every window of
+a batch at once, bit-exact, without the GIL); other pixel types (integer images, where ``extract_array`` cannot fill
+with NaN) through ``overlap_slices`` itself, one window at a time. Tests check that both give the same cutouts.
 
 Padding: pixels outside the tile are NaN. ``nan_fraction`` counts NaN and exact-zero values (survey images use
 both for no data); Galaxy Zoo rejects cutouts with a fraction of at least :data:`MAX_NAN_FRACTION`.
@@ -14,18 +14,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from astropy.nddata.utils import NoOverlapError, overlap_slices
-from astropy.wcs import WCS
 
 from zoobot_pipeline.data.preprocessing import CutoutSizing
 from zoobot_pipeline.data.release import Release, Tile
 
+if TYPE_CHECKING:
+    from astropy.wcs import WCS
+
 __all__ = [
-    "MAX_NAN_FRACTION", "Cutout", "CutoutSizing", "cutout", "cutout_at_pixels", "release_cutouts", "tile_cutouts",
+    "MAX_NAN_FRACTION", "Cutout", "CutoutBatch", "CutoutSizing", "cut_batch", "cutout", "cutout_at_pixels",
+    "release_cutouts", "tile_cutouts",
 ]
 
 MAX_NAN_FRACTION = 0.2
@@ -51,6 +54,8 @@ def cutout_at_pixels(images: Sequence[np.ndarray], positions: Sequence[tuple[flo
 
     The source lands on pixel ``size // 2`` (to within half a pixel) of each axis.
     """
+    from astropy.nddata.utils import NoOverlapError, overlap_slices  # (with scipy) only for non-float32 images
+
     data = np.full((len(images), size, size), np.nan, dtype=np.float32)
     edge = False
     overlaps = 0
@@ -97,8 +102,92 @@ def cutout(tile: Tile, ra: float, dec: float, size: int) -> Cutout:
     return cutout_at_pixels(tile.images, [(x[0], y[0]) for x, y in pixels], int(size))
 
 
-def tile_cutouts(tile: Tile, sources: pa.Table, sizing: CutoutSizing, pixel_scale_arcsec: float) -> list[Cutout]:
-    """Cutouts for every row of ``sources`` (columns ``ra``, ``dec``, optional size column), in row order."""
+def _float32_bits(image: np.ndarray) -> tuple[np.ndarray, bool] | None:
+    """A float32 image's pixels as uint32 bit patterns and whether their bytes need swapping; None for other types."""
+    if image.ndim != 2 or image.dtype.kind != "f" or image.dtype.itemsize != 4:
+        return None
+    return image.view(np.uint32), not image.dtype.isnative
+
+
+@dataclass(frozen=True)
+class CutoutBatch:
+    """The cutouts of a batch of sources in one native float32 buffer: window ``g`` is ``data[offsets[g]:]`` as
+    ``(n_bands, sizes[g], sizes[g])`` (:meth:`window`), with its flags in ``edge``, ``off_tile``, ``nan_fraction``."""
+
+    data: np.ndarray
+    offsets: np.ndarray
+    sizes: np.ndarray
+    n_bands: int
+    edge: np.ndarray
+    off_tile: np.ndarray
+    nan_fraction: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    @property
+    def rejected(self) -> np.ndarray:
+        """Per window: off the tile, or at least :data:`MAX_NAN_FRACTION` NaN or zero."""
+        return self.off_tile | (self.nan_fraction >= MAX_NAN_FRACTION)
+
+    def window(self, g: int) -> np.ndarray:
+        """Window ``g``, ``(n_bands, size, size)``: a view of :attr:`data`."""
+        size, start = int(self.sizes[g]), int(self.offsets[g])
+        return self.data[start : start + self.n_bands * size * size].reshape(self.n_bands, size, size)
+
+    def cutout(self, g: int) -> Cutout:
+        """Window ``g`` as a :class:`Cutout`."""
+        return Cutout(data=self.window(g), edge=bool(self.edge[g]), off_tile=bool(self.off_tile[g]),
+                      nan_fraction=float(self.nan_fraction[g]))
+
+
+def _layout(n_bands: int, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(sizes as int64, offsets, lengths)`` of windows laid end to end."""
+    sizes = np.ascontiguousarray(sizes, dtype=np.int64)
+    lengths = n_bands * sizes * sizes
+    offsets = np.zeros(len(sizes), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=offsets[1:])
+    return sizes, offsets, lengths
+
+
+def _cut_float32(band_bits: Sequence[tuple[np.ndarray, bool]], pixels: Sequence[tuple[np.ndarray, np.ndarray]],
+                 sizes: np.ndarray) -> CutoutBatch:
+    """Every window at once with the compiled kernels."""
+    from zoobot_pipeline.data.image_kernels import cut_band, nan_or_zero_fractions
+
+    n_bands, n = len(band_bits), len(sizes)
+    sizes, offsets, lengths = _layout(n_bands, sizes)
+    bits = np.empty(int(lengths.sum()), dtype=np.uint32)
+    overlaps = np.zeros((n_bands, n), dtype=bool)
+    edges = np.zeros(n, dtype=bool)
+    for band, ((image_bits, swap), (x, y)) in enumerate(zip(band_bits, pixels, strict=True)):
+        cut_band(image_bits, swap, np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(y, dtype=np.float64),
+                 sizes, offsets, band, n_bands, bits, overlaps[band], edges)
+    n_overlaps = overlaps.sum(axis=0)
+    off_tile = n_overlaps == 0
+    return CutoutBatch(bits.view(np.float32), offsets, sizes, n_bands, ~off_tile & (edges | (n_overlaps < n_bands)),
+                       off_tile, nan_or_zero_fractions(bits, offsets, lengths))
+
+
+def _cut_any(images: Sequence[np.ndarray], pixels: Sequence[tuple[np.ndarray, np.ndarray]],
+             sizes: np.ndarray) -> CutoutBatch:
+    """Window by window with :func:`cutout_at_pixels` (any pixel type), laid out as :func:`_cut_float32` does."""
+    sizes, offsets, lengths = _layout(len(images), sizes)
+    data = np.empty(int(lengths.sum()), dtype=np.float32)
+    cutouts = [cutout_at_pixels(images, [(x[g], y[g]) for x, y in pixels], int(sizes[g])) for g in range(len(sizes))]
+    for g, cut in enumerate(cutouts):
+        data[offsets[g] : offsets[g] + lengths[g]] = cut.data.ravel()
+    return CutoutBatch(data, offsets, sizes, len(images), np.array([c.edge for c in cutouts], dtype=bool),
+                       np.array([c.off_tile for c in cutouts], dtype=bool),
+                       np.array([c.nan_fraction for c in cutouts], dtype=np.float64))
+
+
+def cut_batch(tile: Tile, sources: pa.Table, sizing: CutoutSizing, pixel_scale_arcsec: float) -> CutoutBatch:
+    """The cutouts of every row of ``sources`` (columns ``ra``, ``dec``, optional size column), in row order.
+
+    float32 tiles (what surveys ship; big-endian in FITS) are cut by compiled kernels, all windows at once and without
+    the GIL; other pixel types one window at a time with :func:`cutout_at_pixels`. Both give the same cutouts.
+    """
     ra = sources["ra"].to_numpy().astype(np.float64)
     dec = sources["dec"].to_numpy().astype(np.float64)
     r50 = None
@@ -106,7 +195,16 @@ def tile_cutouts(tile: Tile, sources: pa.Table, sizing: CutoutSizing, pixel_scal
         r50 = sources[sizing.size_column].to_numpy(zero_copy_only=False).astype(np.float64)
     sizes = sizing.sizes(r50, pixel_scale_arcsec, len(ra))
     pixels = _band_pixels(tile.wcs, ra, dec)
-    return [cutout_at_pixels(tile.images, [(x[i], y[i]) for x, y in pixels], int(sizes[i])) for i in range(len(ra))]
+    band_bits = [_float32_bits(image) for image in tile.images]
+    if len(ra) and all(bits is not None for bits in band_bits):
+        return _cut_float32(band_bits, pixels, sizes)
+    return _cut_any(tile.images, pixels, sizes)
+
+
+def tile_cutouts(tile: Tile, sources: pa.Table, sizing: CutoutSizing, pixel_scale_arcsec: float) -> list[Cutout]:
+    """:func:`cut_batch` as a list of :class:`Cutout` (views of the batch's buffer)."""
+    batch = cut_batch(tile, sources, sizing, pixel_scale_arcsec)
+    return [batch.cutout(g) for g in range(len(batch))]
 
 
 def release_cutouts(release: Release, ids: Sequence[str] | None = None,

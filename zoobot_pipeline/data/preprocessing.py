@@ -18,6 +18,9 @@ Steps, in order, for a cutout of shape ``(n_bands, H, W)``:
 6. centre-crop to ``crop_fraction`` of each side, then resize to ``input_size`` with Pillow's float ('F' mode)
    bilinear filter, which averages over the source footprint when shrinking (anti-aliased) and is deterministic.
 
+The steps run as compiled kernels (:mod:`.image_kernels`): the resize reproduces Pillow's to float32 rounding, and
+the other steps numpy's float32 arithmetic to within a few units in the last place.
+
 Output: float32 ``(C, input_size, input_size)`` in [0, 1].
 
 Named presets (:func:`preset`, :func:`available_presets`, :func:`register_preset`) are the configurations a command
@@ -30,14 +33,13 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from zoobot_pipeline.errors import check_name
 
 __all__ = [
     "CutoutSizing", "PreprocessingConfig", "PresetFactory", "available_presets", "preprocess", "preprocess_batch",
-    "preset", "register_preset", "resize_channels",
+    "preprocess_windows", "preset", "register_preset",
 ]
 
 # Legacy Survey DR2-style divisors (nanomaggies) and limits used for GZ DECaLS subject images.
@@ -217,91 +219,121 @@ def preset(name: str, input_size: int = 224) -> PreprocessingConfig:
     return _PRESETS[check_name(name, available_presets(), "preprocessing preset")](input_size=input_size)
 
 
-def _select_bands(data: np.ndarray, config: PreprocessingConfig, bands: Sequence[str] | None) -> np.ndarray:
+def _band_index(n_bands: int, config: PreprocessingConfig, bands: Sequence[str] | None) -> np.ndarray:
+    """Index of each of ``config.bands`` among a cutout's ``n_bands`` bands (named ``bands``, or already in order)."""
     if bands is None:
-        if data.shape[0] != len(config.bands):
-            raise ValueError(f"cutout has {data.shape[0]} band(s), config expects {len(config.bands)} {config.bands}")
-        return data
+        if n_bands != len(config.bands):
+            raise ValueError(f"cutout has {n_bands} band(s), config expects {len(config.bands)} {config.bands}")
+        return np.arange(n_bands, dtype=np.int64)
     bands = list(bands)
-    if len(bands) != data.shape[0]:
-        raise ValueError(f"{len(bands)} band name(s) given for a cutout with {data.shape[0]} band(s)")
+    if len(bands) != n_bands:
+        raise ValueError(f"{len(bands)} band name(s) given for a cutout with {n_bands} band(s)")
     missing = [b for b in config.bands if b not in bands]
     if missing:
         raise ValueError(f"cutout lacks band(s) {missing} required by the preprocessing config (has {bands})")
-    return data[[bands.index(b) for b in config.bands]]
+    return np.array([bands.index(b) for b in config.bands], dtype=np.int64)
 
 
-def _stretch(x: np.ndarray | float, config: PreprocessingConfig) -> np.ndarray:
-    if config.stretch == "arcsinh":
-        return np.arcsinh(np.multiply(x, config.q, dtype=np.float32))
-    return np.asarray(x, dtype=np.float32)
+def _stretch_value(x: float, config: PreprocessingConfig) -> float:
+    """A clip limit stretched as the pixels are (float32, like them)."""
+    value = np.float32(x) * np.float32(config.q)
+    return float(np.arcsinh(np.float32(value))) if config.stretch == "arcsinh" else float(np.float32(x))
 
 
-def _normalise(stretched: np.ndarray, config: PreprocessingConfig) -> np.ndarray:
-    lo = float(_stretch(config.clip_min, config))
-    if config.clip == "fixed":
-        hi = np.full(stretched.shape[0], float(_stretch(config.clip_max, config)))
-    else:
-        finite = np.isfinite(stretched)
-        samples = stretched if config.clip_per_channel else stretched.reshape(1, -1)
-        mask = finite if config.clip_per_channel else finite.reshape(1, -1)
-        hi_each = [
-            np.percentile(s[m], config.clip_percentile) if m.any() else np.nan
-            for s, m in zip(samples, mask, strict=True)
-        ]
-        hi = np.broadcast_to(np.asarray(hi_each, dtype=np.float64), (stretched.shape[0],))
-    out = np.zeros_like(stretched)
-    for c in range(stretched.shape[0]):
-        if np.isfinite(hi[c]) and hi[c] > lo:
-            out[c] = (stretched[c] - lo) / (hi[c] - lo)
-    np.clip(out, 0.0, 1.0, out=out)
-    return out
-
-
-def resize_channels(data: np.ndarray, size: int) -> np.ndarray:
-    """Resize float32 ``(C, H, W)`` to ``(C, size, size)`` with Pillow 'F' bilinear (anti-aliased when shrinking)."""
-    if data.shape[1:] == (size, size):
-        return np.ascontiguousarray(data, dtype=np.float32)
-    return np.stack(
-        [
-            np.asarray(
-                Image.fromarray(np.ascontiguousarray(channel, dtype=np.float32)).resize(
-                    (size, size), Image.Resampling.BILINEAR
-                ),
-                dtype=np.float32,
-            )
-            for channel in data
-        ]
-    )
-
-
-def _centre_crop(data: np.ndarray, fraction: float) -> np.ndarray:
+def _crop_box(height: int, width: int, fraction: float) -> tuple[int, int, int, int]:
+    """``(top, left, height, width)`` of the centre crop keeping ``fraction`` of each side (at least 1 pixel)."""
     if fraction >= 1.0:
-        return data
-    h, w = data.shape[1:]
-    ch, cw = max(1, round(h * fraction)), max(1, round(w * fraction))
-    top, left = (h - ch) // 2, (w - cw) // 2
-    return data[:, top : top + ch, left : left + cw]
+        return 0, 0, height, width
+    ch, cw = max(1, round(height * fraction)), max(1, round(width * fraction))
+    return (height - ch) // 2, (width - cw) // 2, ch, cw
 
 
-def preprocess(cutout_data: np.ndarray, config: PreprocessingConfig, bands: Sequence[str] | None = None) -> np.ndarray:
+def _percentile_limits(stretched: np.ndarray, config: PreprocessingConfig) -> np.ndarray:
+    """Upper limit per channel: the ``clip_percentile`` of the finite stretched values (per channel or over all)."""
+    finite = np.isfinite(stretched)
+    samples = stretched if config.clip_per_channel else stretched.reshape(1, -1)
+    mask = finite if config.clip_per_channel else finite.reshape(1, -1)
+    limits = [np.percentile(s[m], config.clip_percentile) if m.any() else np.nan
+              for s, m in zip(samples, mask, strict=True)]
+    return np.broadcast_to(np.asarray(limits, dtype=np.float64), (stretched.shape[0],)).copy()
+
+
+def preprocess(cutout_data: np.ndarray, config: PreprocessingConfig, bands: Sequence[str] | None = None,
+               out: np.ndarray | None = None) -> np.ndarray:
     """Preprocess one cutout ``(n_bands, H, W)`` (or ``(H, W)``) into float32 ``(C, S, S)`` in [0, 1].
 
     ``bands`` names the cutout's bands in order; without it the cutout must already hold ``config.bands`` in order.
+    ``out``, a float32 ``(C, S, S)`` array (e.g. one row of a model batch), receives the result instead of a new
+    array. With fixed clip limits only the centre crop is stretched (every step before the resize is per pixel);
+    percentile limits are taken over the whole cutout, as the module docstring says.
     """
+    from zoobot_pipeline.data.image_kernels import normalise_resize, stretch_mix
+
     data = np.asarray(cutout_data, dtype=np.float32)
     if data.ndim == 2:
         data = data[None]
     if data.ndim != 3:
         raise ValueError(f"expected a (bands, H, W) cutout, got shape {data.shape}")
-    data = _select_bands(data, config, bands)
-    if config.band_scales is not None:
-        data = data / np.asarray(config.band_scales, dtype=np.float32)[:, None, None]
-    mixed = np.tensordot(config.mixing_matrix().astype(np.float32), data, axes=1)
-    out = _normalise(_stretch(mixed, config), config)
-    out[np.isnan(out)] = config.nan_fill
-    out = resize_channels(_centre_crop(out, config.crop_fraction), config.input_size)
-    np.clip(out, 0.0, 1.0, out=out)
+    if 0 in data.shape[1:]:
+        raise ValueError(f"cutout has no pixels (shape {data.shape})")
+    band_index = _band_index(data.shape[0], config, bands)
+    size = (config.n_channels, config.input_size, config.input_size)
+    if out is None:
+        out = np.empty(size, dtype=np.float32)
+    elif out.shape != size or out.dtype != np.float32:
+        raise ValueError(f"out must be a float32 array of shape {size}, got {out.dtype} {out.shape}")
+    data = np.ascontiguousarray(data)
+    scales = np.asarray(config.band_scales or (1.0,) * len(config.bands), dtype=np.float32)
+    mixing = np.ascontiguousarray(config.mixing_matrix(), dtype=np.float32)
+    top, left, height, width = _crop_box(*data.shape[1:], config.crop_fraction)
+    arcsinh = config.stretch == "arcsinh"
+    low = _stretch_value(config.clip_min, config)
+    if config.clip == "fixed":
+        stretched = stretch_mix(data, band_index, scales, mixing, config.q, arcsinh, top, left, height, width)
+        high = np.full(config.n_channels, _stretch_value(config.clip_max, config))
+        top = left = 0
+    else:
+        stretched = stretch_mix(data, band_index, scales, mixing, config.q, arcsinh, 0, 0, *data.shape[1:])
+        high = _percentile_limits(stretched, config)
+    normalise_resize(stretched, low, high, config.nan_fill, top, left, height, width, out)
+    return out
+
+
+def preprocess_windows(data: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, n_bands: int,
+                       config: PreprocessingConfig, bands: Sequence[str] | None = None,
+                       out: np.ndarray | None = None) -> np.ndarray:
+    """Preprocess square windows laid end to end in the float32 buffer ``data`` (window ``g`` is ``data[offsets[g]:]``
+    as ``(n_bands, sizes[g], sizes[g])``, as :class:`~zoobot_pipeline.data.cutouts.CutoutBatch` holds them) into
+    ``out`` ``(len(offsets), C, S, S)`` (a new array when None): the same numbers as :func:`preprocess` per window,
+    in one compiled call without the GIL when the clip limits are fixed."""
+    from zoobot_pipeline.data.image_kernels import preprocess_windows as kernel
+
+    n = len(offsets)
+    shape = (n, config.n_channels, config.input_size, config.input_size)
+    if out is None:
+        out = np.empty(shape, dtype=np.float32)
+    elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float32 array of shape {shape}, got {out.dtype} {out.shape}")
+    band_index = _band_index(n_bands, config, bands)
+    if config.clip != "fixed" or n == 0 or int(np.min(sizes, initial=1)) == 0:
+        for g in range(n):
+            size = int(sizes[g])
+            window = data[int(offsets[g]) : int(offsets[g]) + n_bands * size * size].reshape(n_bands, size, size)
+            preprocess(window, config, bands, out=out[g])
+        return out
+    sizes = np.ascontiguousarray(sizes, dtype=np.int64)
+    if config.crop_fraction >= 1.0:
+        heights = sizes
+    else:  # _crop_box for square windows: Python's round (half to even) is numpy's
+        heights = np.maximum(1, np.round(sizes * config.crop_fraction).astype(np.int64))
+    starts = (sizes - heights) // 2
+    crops = np.ascontiguousarray(np.stack([starts, starts, heights, heights], axis=1), dtype=np.int64)
+    scales = np.asarray(config.band_scales or (1.0,) * len(config.bands), dtype=np.float32)
+    mixing = np.ascontiguousarray(config.mixing_matrix(), dtype=np.float32)
+    high = np.full(config.n_channels, _stretch_value(config.clip_max, config))
+    kernel(np.ascontiguousarray(data, dtype=np.float32), np.ascontiguousarray(offsets, dtype=np.int64), sizes,
+           n_bands, band_index, scales, mixing, config.q, config.stretch == "arcsinh",
+           _stretch_value(config.clip_min, config), high, config.nan_fill, crops, out)
     return out
 
 
@@ -309,6 +341,7 @@ def preprocess_batch(
     cutouts: Sequence[np.ndarray] | np.ndarray, config: PreprocessingConfig, bands: Sequence[str] | None = None
 ) -> np.ndarray:
     """Preprocess a batch (list of cutouts, possibly of different sizes, or an array) into ``(N, C, S, S)``."""
-    if len(cutouts) == 0:
-        return np.zeros((0, config.n_channels, config.input_size, config.input_size), dtype=np.float32)
-    return np.stack([preprocess(c, config, bands) for c in cutouts])
+    batch = np.empty((len(cutouts), config.n_channels, config.input_size, config.input_size), dtype=np.float32)
+    for row, cutout_data in zip(batch, cutouts, strict=True):
+        preprocess(cutout_data, config, bands, out=row)
+    return batch

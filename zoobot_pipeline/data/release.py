@@ -3,7 +3,8 @@
 Release directory layout::
 
     release.json        name, survey, bands, pixel_scale_arcsec, created; optional zeropoint, schema, tiles
-    sources.parquet     id_str, ra, dec, tile_id (optional r50_arcsec for cutout sizing)
+    sources.parquet     id_str, ra, dec, tile_id (optional r50_arcsec for cutout sizing): one Parquet file, or a
+                        directory of Parquet files (a partitioned dataset, below)
     tiles/{tile_id}.fits          one image HDU per band, EXTNAME = band name
     tiles/{tile_id}/{band}.fits   or: one file per band (image in the first HDU that has data)
 
@@ -17,20 +18,39 @@ The source catalogue is checked when a release is opened: at least one row; ``id
 ``\\``, and not ``.`` or ``..``), since it names the tile's file. Each refusal is a :class:`ReleaseError` naming the
 file, the column and example rows.
 
+Partitioned sources (survey-size releases): ``sources.parquet`` may be a directory of Parquet files, as Spark, Dask,
+polars or ``pyarrow.dataset.write_dataset`` write them: every ``*.parquet`` (``.parq``, ``.pq``) file under it, in
+plain or hive-style ``key=value`` folders (``tile_id=.../``, ``healpix_29=.../``, ``Norder=.../Npix=...``); files
+and folders whose names start with ``.`` or ``_`` (``_SUCCESS``, ``_metadata``, ``.crc``) are ignored. A hive key is
+read as text, so ``tile_id=007`` is tile ``'007'``; a ``tile_id`` folder key may replace the column. Release order
+is the files' paths in sorted order, then the rows of each file. Opening such a release reads the files one at a
+time, keeping only per-tile counts per file (:class:`SourceCatalogue`), so memory is bounded by the largest file, not
+by the catalogue: each file gets every check above, with ``id_str`` unique within the file; an id repeated in two
+files of the same tile is refused when that tile's rows are read whole (:func:`check_tile_ids`, at the latest when
+scoring assembles the tile); an id repeated in two files and two different tiles is not detected (only
+:attr:`Release.sources`, which reads the whole catalogue, checks that). A tile's rows are read when asked for
+(:meth:`Release.tile_rows`), from the files that hold the tile, filtered by ``tile_id`` (Parquet row-group statistics
+skip the rest of a file sorted by tile).
+
 Image catalogue (Zoobot convention): a CSV or Parquet file with ``id_str`` and ``file_loc`` (absolute, or relative to
 the catalogue's folder) pointing at FITS, PNG or JPEG cutouts, read by :func:`load_cutout_file`.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import os
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs import WCS
@@ -48,7 +68,10 @@ __all__ = [
     "ReleaseError",
     "ReleaseInfo",
     "SOURCE_COLUMNS",
+    "SourceCatalogue",
     "Tile",
+    "TileRows",
+    "check_tile_ids",
     "load_cutout_file",
     "open_release",
     "plain_tile_id",
@@ -58,6 +81,7 @@ SOURCE_COLUMNS: tuple[str, ...] = ("id_str", "ra", "dec", "tile_id")
 CATALOGUE_COLUMNS: tuple[str, ...] = ("id_str", "file_loc")
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
 
 
 class ReleaseInfo(BaseModel):
@@ -81,17 +105,9 @@ def _rows(mask: np.ndarray, table: pa.Table, limit: int = 5) -> str:
     return ", ".join(f"row {row} (id_str {ids[int(row)].as_py()!r})" for row in np.flatnonzero(mask)[:limit])
 
 
-def _check_columns(table: pa.Table, required: Sequence[str], path: Path) -> pa.Table:
-    """Check the table has rows and the required columns, without nulls, and that ``id_str`` is unique and not blank;
-    cast ``id_str``/``tile_id``/``file_loc`` to strings."""
-    missing = [c for c in required if c not in table.column_names]
-    if missing:
-        raise ReleaseError(f"{path}: missing required column(s) {', '.join(missing)}")
-    if table.num_rows == 0:
-        raise ReleaseError(f"{path}: the table has no rows; a release needs at least one source")
-    with_nulls = [c for c in required if table[c].null_count]
-    if with_nulls:
-        raise ReleaseError(f"{path}: null values in required column(s) {', '.join(with_nulls)}")
+def _as_text(table: pa.Table, path: Path | str) -> pa.Table:
+    """``id_str``/``tile_id``/``file_loc`` cast to strings where the file stores them otherwise (numbers, large or
+    dictionary strings)."""
     for name in ("id_str", "tile_id", "file_loc"):
         if name in table.column_names and not pa.types.is_string(table.schema.field(name).type):
             try:
@@ -100,6 +116,21 @@ def _check_columns(table: pa.Table, required: Sequence[str], path: Path) -> pa.T
                 raise ReleaseError(f"{path}: column {name!r} of type {table.schema.field(name).type} cannot be read "
                                    f"as text ({err})") from None
             table = table.set_column(table.schema.get_field_index(name), name, cast)
+    return table
+
+
+def _check_columns(table: pa.Table, required: Sequence[str], path: Path, allow_empty: bool = False) -> pa.Table:
+    """Check the table has rows (unless ``allow_empty``) and the required columns, without nulls, and that ``id_str``
+    is unique and not blank; cast ``id_str``/``tile_id``/``file_loc`` to strings."""
+    missing = [c for c in required if c not in table.column_names]
+    if missing:
+        raise ReleaseError(f"{path}: missing required column(s) {', '.join(missing)}")
+    if table.num_rows == 0 and not allow_empty:
+        raise ReleaseError(f"{path}: the table has no rows; a release needs at least one source")
+    with_nulls = [c for c in required if table[c].null_count]
+    if with_nulls:
+        raise ReleaseError(f"{path}: null values in required column(s) {', '.join(with_nulls)}")
+    table = _as_text(table, path)
     blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(table["id_str"])), 0).to_numpy(zero_copy_only=False)
     if blank.any():
         raise ReleaseError(f"{path}: column 'id_str' is empty or blank in {int(blank.sum())} row(s): "
@@ -147,6 +178,260 @@ def _check_sources(table: pa.Table, path: Path) -> None:
         raise ReleaseError(f"{path}: column 'tile_id' has {len(bad)} value(s) that are not plain names (a tile id "
                            f"names its file under tiles/, so it may not hold '/' or '\\' or be '.' or '..'): "
                            f"{', '.join(map(repr, bad[:5]))}, e.g. {_rows(mask, table, 3)}")
+
+
+# ------------------------------------------------------------------------------------------------ source catalogue
+
+
+def _partitioning(hive_keys: Sequence[str]) -> ds.Partitioning | None:
+    """Hive partitioning with every key read as text (``tile_id=007`` stays ``'007'``), or None for plain files."""
+    return ds.partitioning(pa.schema([(key, pa.string()) for key in hive_keys]), flavor="hive") if hive_keys else None
+
+
+def _part_dataset(root: str, file: str, hive_keys: Sequence[str]) -> ds.Dataset:
+    """One Parquet file of the source catalogue as a dataset, its hive keys as columns (reads the footer only)."""
+    try:
+        return ds.dataset([file], format="parquet", partitioning=_partitioning(hive_keys),
+                          partition_base_dir=root if hive_keys else None)
+    except (OSError, pa.ArrowInvalid) as err:
+        raise ReleaseError(f"{file}: cannot read this file of the source catalogue {root}: {err}") from None
+
+
+def _read_part(root: str, file: str, hive_keys: Sequence[str], columns: Sequence[str] | None,
+               tile_id: str | None = None, dataset: ds.Dataset | None = None) -> pa.Table:
+    """One Parquet file of the source catalogue (with its hive keys as columns): ``columns`` (None: all), missing
+    ones as nulls; only tile ``tile_id``'s rows if given (filtered in the scan, so that row-group statistics skip what
+    cannot match). ``id_str``/``tile_id`` become strings, ``ra``/``dec`` float64."""
+    dataset = _part_dataset(root, file, hive_keys) if dataset is None else dataset
+    try:
+        present = dataset.schema.names if columns is None else [c for c in columns if c in dataset.schema.names]
+        type_ = dataset.schema.field("tile_id").type if "tile_id" in dataset.schema.names else None
+        in_scan = tile_id is not None and type_ is not None and pa.types.is_string(type_)
+        table = dataset.to_table(columns=present, filter=(pc.field("tile_id") == tile_id) if in_scan else None)
+    except (OSError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+        raise ReleaseError(f"{file}: cannot read this file of the source catalogue {root}: {err}") from None
+    table = _as_text(table, file)
+    if tile_id is not None and not in_scan and "tile_id" in table.column_names:
+        table = table.filter(pc.equal(table["tile_id"], tile_id))
+    for name in ("ra", "dec"):
+        if name in table.column_names and table.schema.field(name).type != pa.float64():
+            try:
+                table = table.set_column(table.schema.get_field_index(name), name, pc.cast(table[name], pa.float64()))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+                raise ReleaseError(f"{file}: column {name!r} must hold numbers (degrees), not "
+                                   f"{table.schema.field(name).type} ({err})") from None
+    for name in columns or ():
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows))
+    return table if columns is None else table.select(list(columns))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_tile_part(root: str, file: str, hive_keys: tuple[str, ...], tile_id: str, columns: tuple[str, ...],
+                      mtime_ns: int, size: int) -> pa.Table:
+    """:func:`_read_part` of one tile, kept for the next chunks of that tile (keyed on the file's mtime and size)."""
+    return _read_part(root, file, hive_keys, columns, tile_id)
+
+
+def check_tile_ids(ids: pa.Array | pa.ChunkedArray, tile_id: str, where: str | Path) -> None:
+    """Refuse a tile whose assembled rows repeat an ``id_str`` (partitions are checked one file at a time, so an id
+    written to two files of the same tile shows only here); ``where`` names the files."""
+    if pc.count_distinct(ids).as_py() == len(ids):
+        return
+    counts = pc.value_counts(ids)
+    repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1)).to_pylist()
+    raise ReleaseError(f"{where}: tile {tile_id!r} has {len(repeated)} id_str value(s) in more than one row (in "
+                       f"different files): {', '.join(map(repr, repeated[:5]))}; every id_str must be unique")
+
+
+@dataclass(frozen=True)
+class TileRows:
+    """Where one tile's source rows are: the files that hold them (release order) with the tile's row count in each,
+    and the columns to read. Small and picklable, so that a scoring plan or a Ray task carries this instead of rows;
+    :meth:`slice` reads rows (the ``pa.Table`` method of the same name, but from the files)."""
+
+    tile_id: str
+    root: str
+    files: tuple[str, ...]
+    counts: tuple[int, ...]
+    hive_keys: tuple[str, ...]
+    columns: tuple[str, ...]
+
+    @property
+    def num_rows(self) -> int:
+        """The tile's number of sources."""
+        return sum(self.counts)
+
+    def slice(self, offset: int = 0, length: int | None = None) -> pa.Table:
+        """Rows ``[offset, offset + length)`` of the tile, read from the files that hold them; a file whose count of
+        the tile's rows changed since the release was opened is an error. A column that none of these files has
+        reads as float64 nulls (an optional number such as a size column)."""
+        end = self.num_rows if length is None else min(self.num_rows, offset + length)
+        parts, start = [], 0
+        for file, count in zip(self.files, self.counts, strict=True):
+            low, high = max(offset - start, 0), min(end - start, count)
+            if low < high:
+                stat = os.stat(file)
+                rows = _cached_tile_part(self.root, file, self.hive_keys, self.tile_id, self.columns,
+                                         stat.st_mtime_ns, stat.st_size)
+                if rows.num_rows != count:
+                    raise ReleaseError(f"{file}: holds {rows.num_rows} row(s) of tile {self.tile_id!r}, {count} when "
+                                       "the release was opened: the source catalogue changed; score again")
+                parts.append(rows.slice(low, high - low))
+            start += count
+        if not parts:
+            raise IndexError(f"tile {self.tile_id!r}: rows from {offset} are past its {self.num_rows} row(s)")
+        table = pa.concat_tables(parts, promote_options="permissive")
+        for index, field in enumerate(table.schema):
+            if pa.types.is_null(field.type):
+                table = table.set_column(index, field.name, pa.nulls(table.num_rows, pa.float64()))
+        return table
+
+    def narrow(self, offset: int, length: int) -> tuple[TileRows, int]:
+        """``(rows, start)``: these rows restricted to the files that hold rows ``[offset, offset + length)``, and
+        where ``offset`` falls in them (a chunk's descriptor names only its own files)."""
+        files, counts, first, start = [], [], None, 0
+        for file, count in zip(self.files, self.counts, strict=True):
+            if start < offset + length and offset < start + count:
+                first = start if first is None else first
+                files.append(file)
+                counts.append(count)
+            start += count
+        if first is None:
+            raise IndexError(f"tile {self.tile_id!r}: rows from {offset} are past its {self.num_rows} row(s)")
+        return replace(self, files=tuple(files), counts=tuple(counts)), offset - first
+
+    def to_json(self) -> str:
+        """The descriptor as JSON text (it travels in Ray Data rows)."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> TileRows:
+        """The descriptor :meth:`to_json` wrote."""
+        fields = json.loads(text)
+        return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in fields.items()})
+
+
+def _tile_slices(tiles: pa.ChunkedArray | pa.Array) -> dict[str, tuple[int, int]]:
+    """``tile_id -> (offset, length)`` of each run of equal tile ids in a table grouped by tile."""
+    ids = tiles.to_numpy(zero_copy_only=False)
+    if not len(ids):
+        return {}
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    ends = np.r_[starts[1:], len(ids)]
+    return {str(ids[a]): (int(a), int(b - a)) for a, b in zip(starts, ends, strict=True)}
+
+
+def _grouped(table: pa.Table) -> pa.Table:
+    """``table`` grouped by tile (stable: catalogue order within a tile); the same table if already grouped."""
+    tiles = table["tile_id"]
+    if len(tiles) < 2 or pc.all(pc.less_equal(tiles[:-1], tiles[1:])).as_py():
+        return table
+    return table.take(pc.sort_indices(tiles))
+
+
+class SourceCatalogue:
+    """A release's ``sources.parquet``: one file, read whole and checked when opened (:meth:`read_file`), or a
+    partitioned dataset (``partitioned``), checked one file at a time and summarised as per-tile row counts per file
+    (:meth:`scan_directory`). Either gives a tile's rows (:meth:`tile_table`) or where they are (:meth:`tile_rows`);
+    :attr:`table` is the whole catalogue grouped by tile, read on first use for a partitioned one (so not for a
+    survey-size release)."""
+
+    def __init__(self, path: Path, files: Sequence[str], hive_keys: Sequence[str], column_names: Sequence[str],
+                 pieces: dict[str, list[tuple[int, int]]], table: pa.Table | None = None) -> None:
+        self.path = path
+        self.partitioned = path.is_dir()
+        self.files = tuple(files)
+        self.hive_keys = tuple(hive_keys)
+        self.column_names = list(column_names)
+        self._pieces = pieces
+        self._table = table
+        self._slices = None if table is None else _tile_slices(table["tile_id"])
+        self.n_sources = sum(count for parts in pieces.values() for _, count in parts)
+
+    @classmethod
+    def read_file(cls, path: Path, columns: Sequence[str] | None) -> SourceCatalogue:
+        """Read and check one Parquet file (every column, or the required ones plus those of ``columns`` it has)."""
+        wanted = None if columns is None else [*SOURCE_COLUMNS, *(c for c in columns if c not in SOURCE_COLUMNS)]
+        table = _check_columns(read_table(path, ReleaseError, "source catalogue", wanted), SOURCE_COLUMNS, path)
+        _check_sources(table, path)
+        table = _grouped(table)
+        slices = _tile_slices(table["tile_id"])
+        return cls(path, [str(path)], (), table.column_names,
+                   {tile_id: [(0, length)] for tile_id, (_, length) in slices.items()}, table)
+
+    @classmethod
+    def scan_directory(cls, path: Path, columns: Sequence[str] | None) -> SourceCatalogue:
+        """Check a partitioned catalogue file by file (see the module docstring) and count each tile's rows per
+        file; holds one file's required columns at a time."""
+        files = sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in PARQUET_SUFFIXES and p.is_file()
+                       and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts))
+        if not files:
+            raise ReleaseError(f"{path}: is a directory without Parquet files; a partitioned source catalogue holds "
+                               f"*.parquet files (in key=value folders or not)")
+        hive_keys = sorted({part.split("=", 1)[0] for file in files for part in Path(file).relative_to(path).parts[:-1]
+                            if "=" in part})
+        names: dict[str, None] = dict.fromkeys(SOURCE_COLUMNS)
+        pieces: dict[str, list[tuple[int, int]]] = {}
+        for index, file in enumerate(files):
+            dataset = _part_dataset(str(path), file, hive_keys)
+            names.update(dict.fromkeys(dataset.schema.names))
+            required = [c for c in SOURCE_COLUMNS if c in dataset.schema.names]  # a missing one is refused next
+            table = _check_columns(_read_part(str(path), file, hive_keys, required, dataset=dataset), SOURCE_COLUMNS,
+                                   Path(file), allow_empty=True)
+            _check_sources(table, Path(file))
+            counts = pc.value_counts(table["tile_id"])
+            for tile_id, count in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(),
+                                      strict=True):
+                pieces.setdefault(tile_id, []).append((index, count))
+            del table, counts
+            pa.default_memory_pool().release_unused()  # else the allocator's cache grows RSS ~5 B per source
+        if not pieces:
+            raise ReleaseError(f"{path}: the table has no rows in any of its {len(files)} file(s); a release needs at "
+                               "least one source")
+        wanted = None if columns is None else {*SOURCE_COLUMNS, *columns}
+        column_names = [name for name in names if wanted is None or name in wanted]
+        return cls(path, files, hive_keys, column_names, dict(sorted(pieces.items())))
+
+    @property
+    def tile_ids(self) -> list[str]:
+        """Sorted ids of the tiles that have sources."""
+        return sorted(self._pieces)
+
+    def tile_count(self, tile_id: str) -> int:
+        """The number of sources of a tile (0 for a tile without sources)."""
+        return sum(count for _, count in self._pieces.get(tile_id, ()))
+
+    def tile_rows(self, tile_id: str, columns: Sequence[str] | None = None) -> TileRows:
+        """Where tile ``tile_id``'s rows are, to read ``columns`` (default: :attr:`column_names`)."""
+        parts = self._pieces.get(tile_id, [])
+        return TileRows(tile_id, str(self.path), tuple(self.files[i] for i, _ in parts),
+                        tuple(count for _, count in parts), self.hive_keys,
+                        tuple(self.column_names if columns is None else columns))
+
+    def tile_table(self, tile_id: str) -> pa.Table:
+        """A tile's rows in catalogue order (a slice of the table read when opened, or read from the files now)."""
+        if self._table is not None and self._slices is not None:
+            offset, length = self._slices.get(tile_id, (0, 0))
+            return self._table.slice(offset, length)
+        rows = self.tile_rows(tile_id)
+        if not rows.files:  # no such tile: no rows, with the columns' types
+            return _read_part(str(self.path), self.files[0], self.hive_keys, self.column_names, tile_id)
+        table = rows.slice()
+        if len(rows.files) > 1:
+            check_tile_ids(table["id_str"], tile_id, f"{self.path} ({', '.join(rows.files[:3])})")
+        return table
+
+    @property
+    def table(self) -> pa.Table:
+        """Every source, grouped by tile (catalogue order within a tile), checked as a whole (``id_str`` unique across
+        all files). For a partitioned catalogue this reads every file now: not for a survey-size release."""
+        if self._table is None:
+            parts = [_read_part(str(self.path), file, self.hive_keys, self.column_names) for file in self.files]
+            table = _check_columns(pa.concat_tables(parts, promote_options="permissive"), SOURCE_COLUMNS, self.path)
+            self._table = _grouped(table)
+            self._slices = _tile_slices(self._table["tile_id"])
+        return self._table
 
 
 def _open_fits(path: Path) -> fits.HDUList:
@@ -257,26 +542,20 @@ class Tile:
 class Release:
     """A data release directory; see the module docstring for the layout."""
 
-    def __init__(self, path: Path, info: ReleaseInfo, sources: pa.Table, tile_paths: dict[str, Path]) -> None:
+    def __init__(self, path: Path, info: ReleaseInfo, catalogue: SourceCatalogue, tile_paths: dict[str, Path]) -> None:
         self.path = path
         self.info = info
+        self.catalogue = catalogue
         self.tile_paths = tile_paths
-        tiles = sources["tile_id"]
-        grouped = len(tiles) < 2 or pc.all(pc.less_equal(tiles[:-1], tiles[1:])).as_py()
-        # one copy in memory, grouped by tile (stable: catalogue order within a tile); none if already grouped
-        self.sources = sources if grouped else sources.take(pc.sort_indices(tiles))
-        ids = self.sources["tile_id"].to_numpy(zero_copy_only=False)
-        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.array([], dtype=np.int64)
-        ends = np.r_[starts[1:], len(ids)] if len(ids) else np.array([], dtype=np.int64)
-        self._slices = {str(ids[a]): (int(a), int(b - a)) for a, b in zip(starts, ends, strict=True)}
 
     @classmethod
     def open(cls, path: str | Path, *, allow_missing_tiles: bool = False,
              columns: Sequence[str] | None = None) -> Release:
-        """Read ``release.json`` and ``sources.parquet`` and locate every tile; no image is opened yet.
+        """Read ``release.json``, check ``sources.parquet`` and locate every tile; no image is opened yet.
 
-        ``sources`` holds the source rows grouped by tile (catalogue order within each tile), with every column, or
-        only the required ones plus those of ``columns`` the file has (a survey-size catalogue then costs only what
+        A single-file catalogue is read whole now (:attr:`sources`, grouped by tile); a partitioned one is checked
+        file by file and only its per-tile counts kept (see the module docstring). Either way with every column, or
+        only the required ones plus those of ``columns`` the files have (a survey-size catalogue then costs only what
         the caller reads). A tile that sources reference but that has no file is an error, or with
         ``allow_missing_tiles`` is kept at its expected path, where opening the tile fails (scoring records that tile
         as failed and goes on).
@@ -297,17 +576,16 @@ class Release:
             raise ReleaseError(f"{meta_path}: invalid release metadata ({problems})") from exc
         cls._check_listed_tiles(path, info, meta_path)
         sources_path = path / "sources.parquet"
-        if sources_path.exists() and not sources_path.is_file():
-            kind = "a directory" if sources_path.is_dir() else "not a regular file"
-            raise ReleaseError(f"{sources_path}: is {kind}, not the source catalogue file")
-        if not sources_path.is_file():
+        if sources_path.is_dir():
+            catalogue = SourceCatalogue.scan_directory(sources_path, columns)
+        elif sources_path.is_file():
+            catalogue = SourceCatalogue.read_file(sources_path, columns)
+        elif sources_path.exists():
+            raise ReleaseError(f"{sources_path}: is not a regular file or directory, not a source catalogue")
+        else:
             raise ReleaseError(f"{sources_path}: sources.parquet not found")
-        wanted = None if columns is None else [*SOURCE_COLUMNS, *(c for c in columns if c not in SOURCE_COLUMNS)]
-        sources = _check_columns(read_table(sources_path, ReleaseError, "source catalogue", wanted), SOURCE_COLUMNS,
-                                 sources_path)
-        _check_sources(sources, sources_path)
         tile_paths = {}
-        for tile_id in sorted(pc.unique(sources["tile_id"]).to_pylist()):
+        for tile_id in catalogue.tile_ids:
             tile_path = cls._locate_tile(path, info, tile_id)
             if tile_path is None and allow_missing_tiles:
                 tile_path = cls._expected_tile_path(path, info, tile_id)
@@ -319,7 +597,7 @@ class Release:
         for tile_id in info.tiles or ():
             if tile_id not in tile_paths and cls._locate_tile(path, info, tile_id) is None:
                 raise ReleaseError(f"{meta_path}: tile {tile_id!r} is listed but has no file under {path / 'tiles'}")
-        return cls(path, info, sources, tile_paths)
+        return cls(path, info, catalogue, tile_paths)
 
     @staticmethod
     def _check_listed_tiles(root: Path, info: ReleaseInfo, meta_path: Path) -> None:
@@ -366,10 +644,40 @@ class Release:
             raise ReleaseError(f"{self.path}: no tile {tile_id!r} in this release")
         return Tile(tile_id, self.tile_paths[tile_id], self.info.bands)
 
+    @property
+    def sources(self) -> pa.Table:
+        """Every source row, grouped by tile (catalogue order within a tile). A partitioned catalogue is read whole on
+        first use (and ``id_str`` checked unique across all its files): not for a survey-size release; use
+        :meth:`tile_sources` or :meth:`tile_rows` there."""
+        return self.catalogue.table
+
+    @property
+    def n_sources(self) -> int:
+        """The number of sources (without reading a partitioned catalogue)."""
+        return self.catalogue.n_sources
+
+    @property
+    def source_columns(self) -> list[str]:
+        """Names of the source columns opened (those of every file, for a partitioned catalogue)."""
+        return self.catalogue.column_names
+
+    @property
+    def partitioned(self) -> bool:
+        """Whether ``sources.parquet`` is a partitioned dataset (a directory of files)."""
+        return self.catalogue.partitioned
+
+    def tile_count(self, tile_id: str) -> int:
+        """The number of sources of one tile (without reading them)."""
+        return self.catalogue.tile_count(tile_id)
+
     def tile_sources(self, tile_id: str) -> pa.Table:
-        """Source rows of one tile, in catalogue order."""
-        offset, length = self._slices.get(tile_id, (0, 0))
-        return self.sources.slice(offset, length)
+        """Source rows of one tile, in catalogue order (read from the files holding the tile, if partitioned)."""
+        return self.catalogue.tile_table(tile_id)
+
+    def tile_rows(self, tile_id: str, columns: Sequence[str] | None = None) -> TileRows:
+        """Where one tile's source rows are, to read ``columns`` (default: :attr:`source_columns`) later or elsewhere
+        (a Ray task): see :class:`TileRows`."""
+        return self.catalogue.tile_rows(tile_id, columns)
 
     def iter_tiles(self) -> Iterator[tuple[Tile, pa.Table]]:
         """Yield ``(tile, sources)`` one tile at a time; each tile is closed before the next is opened."""

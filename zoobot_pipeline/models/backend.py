@@ -21,6 +21,7 @@ from zoobot_pipeline.errors import ZoobotPipelineError, check_name
 from zoobot_pipeline.models.checkpoint import CHECKPOINT_JSON, read_checkpoint_json
 from zoobot_pipeline.models.config import DistributedConfig, ModelConfig
 from zoobot_pipeline.models.job import TrainingJob
+from zoobot_pipeline.models.zoobot_import import ImportRequest
 from zoobot_pipeline.runtime.package import Task
 
 __all__ = [
@@ -90,6 +91,12 @@ class Backend(Protocol):
     def export_onnx(self, checkpoint_dir: str | Path, onnx_path: str | Path) -> ExportedGraph:
         """Write the checkpoint as one ONNX graph with the inputs and outputs of
         :mod:`zoobot_pipeline.runtime.package`; return its :class:`ExportedGraph`."""
+        ...
+
+    def import_zoobot(self, request: ImportRequest, out_dir: str | Path, overwrite: bool = False) -> Path:
+        """Import a Zoobot Lightning checkpoint or timm-layout encoder (see
+        :mod:`zoobot_pipeline.models.zoobot_import`) as a checkpoint directory ``out_dir``, without running code
+        from it; return ``out_dir``. ``overwrite`` as for training: only the checkpoint's own files are replaced."""
         ...
 
 

@@ -18,15 +18,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from zoobot_pipeline.catalogue import BASE_FIELDS, FLAG_FIELDS, catalogue_schema
-from zoobot_pipeline.data.cutouts import MAX_NAN_FRACTION, tile_cutouts
-from zoobot_pipeline.data.preprocessing import PreprocessingConfig, preprocess
-from zoobot_pipeline.data.release import ReleaseError, Tile
+from zoobot_pipeline.data.cutouts import MAX_NAN_FRACTION, cut_batch
+from zoobot_pipeline.data.preprocessing import PreprocessingConfig, preprocess_windows
+from zoobot_pipeline.data.release import ReleaseError, Tile, TileRows
 from zoobot_pipeline.runtime.package import ModelPackage
 from zoobot_pipeline.runtime.session import PackageSession, galaxy_seeds
 from zoobot_pipeline.scoring.columns import OutputColumns
 
-__all__ = ["ChunkConfig", "ChunkScorer", "PreparedChunk", "ScoredChunk", "TileJob", "failure_reason", "open_tile",
-           "prepare_chunk"]
+__all__ = ["ChunkConfig", "ChunkScorer", "ModelOutputs", "PreparedChunk", "ScoredChunk", "TileJob", "failure_reason",
+           "open_tile", "prepare_chunk"]
 
 _ROW_FIELDS = [*BASE_FIELDS, *FLAG_FIELDS]
 CUT_BATCH = 32
@@ -44,18 +44,21 @@ class ChunkConfig:
 
 @dataclass(frozen=True)
 class TileJob:
-    """A tile to score: its id, file and sources (``id_str``, ``ra``, ``dec``, ``tile_id``, optional size column)."""
+    """A tile to score: its id, file and sources (``id_str``, ``ra``, ``dec``, ``tile_id``, optional size column):
+    the rows, or where to read them (:class:`~zoobot_pipeline.data.release.TileRows`: the files holding the tile of
+    a partitioned catalogue, read a chunk at a time, so that a plan holds no rows). Both have ``num_rows`` and
+    ``slice``."""
 
     tile_id: str
     path: Path
-    sources: pa.Table
+    sources: pa.Table | TileRows
 
     def n_chunks(self, chunk_size: int) -> int:
         """Number of chunks of ``chunk_size`` sources."""
         return -(-self.sources.num_rows // chunk_size)
 
     def chunk(self, index: int, chunk_size: int) -> pa.Table:
-        """Sources of chunk ``index`` (zero-copy slice)."""
+        """Sources of chunk ``index`` (a zero-copy slice, or read from the files that hold them)."""
         return self.sources.slice(index * chunk_size, chunk_size)
 
 
@@ -108,32 +111,37 @@ def prepare_chunk(tile: Tile | None, tile_error: str | None, sources: pa.Table, 
     """Cut and preprocess ``sources`` (``id_str``, ``ra``, ``dec``, ``tile_id``, optional size column) from ``tile``;
     flag what cannot be scored. With ``tile_error`` (or a failure while cutting) every row is ``tile_failed``.
 
-    Cutouts are made :data:`CUT_BATCH` at a time, so at most that many raw cutouts are held at once.
+    Cutouts are cut and preprocessed :data:`CUT_BATCH` at a time, each batch in a few compiled calls that release the
+    GIL (so preparing threads scale), and at most that many raw cutouts are held at once.
     """
     n = sources.num_rows
     edge: list[bool | None] = [None] * n
     nan_fraction: list[float | None] = [None] * n
     flags: list[str | None] = [None] * n
     images: list[np.ndarray] = []
+    p = config.preprocessing
     for start in range(0, n if tile_error is None else 0, CUT_BATCH):
         assert tile is not None
         try:
-            cutouts = tile_cutouts(tile, sources.slice(start, CUT_BATCH), config.preprocessing.cutout,
-                                   config.pixel_scale_arcsec)
+            batch = cut_batch(tile, sources.slice(start, CUT_BATCH), p.cutout, config.pixel_scale_arcsec)
         except Exception as err:  # noqa: BLE001 - e.g. an I/O error reading the memory-mapped tile
             tile_error = failure_reason(err)
             break
-        for i, cut in enumerate(cutouts, start):
-            edge[i], nan_fraction[i] = cut.edge, cut.nan_fraction
-            if cut.off_tile:
-                flags[i] = "off_tile"
-            elif cut.rejected:
-                flags[i] = f"nan_fraction {cut.nan_fraction:.2f} >= {MAX_NAN_FRACTION}"
-            else:
-                try:
-                    images.append(preprocess(cut.data, config.preprocessing, config.bands))
-                except ValueError as err:
-                    flags[i] = f"preprocessing_failed: {failure_reason(err)}"
+        edge[start : start + len(batch)] = batch.edge.tolist()
+        nan_fraction[start : start + len(batch)] = batch.nan_fraction.tolist()
+        for g in np.flatnonzero(batch.rejected):
+            flags[start + g] = ("off_tile" if batch.off_tile[g]
+                                else f"nan_fraction {batch.nan_fraction[g]:.2f} >= {MAX_NAN_FRACTION}")
+        keep = np.flatnonzero(~batch.rejected)
+        try:
+            block = preprocess_windows(batch.data, batch.offsets[keep], batch.sizes[keep], batch.n_bands, p,
+                                       config.bands)
+        except ValueError as err:
+            reason = f"preprocessing_failed: {failure_reason(err)}"
+            for g in keep:
+                flags[start + g] = reason
+            continue
+        images.extend(block)
     if tile_error is not None:
         edge, nan_fraction, flags, images = [None] * n, [None] * n, [f"tile_failed: {tile_error}"] * n, []
     rows = pa.Table.from_arrays(
@@ -141,6 +149,16 @@ def prepare_chunk(tile: Tile | None, tile_error: str | None, sources: pa.Table, 
          pa.array(nan_fraction, pa.float32()), pa.array(flags, pa.string())],
         schema=pa.schema(_ROW_FIELDS))
     return PreparedChunk(rows, images, tile_error)
+
+
+@dataclass(frozen=True)
+class ModelOutputs:
+    """What the model gave for a chunk: the indices of its unflagged ``rows``, their ``ids`` and ``outputs``
+    ``(len(rows), S, n_outputs)``."""
+
+    rows: np.ndarray
+    ids: list[str]
+    outputs: np.ndarray
 
 
 def _scatter(values: np.ndarray, rows: np.ndarray, n: int, field: pa.Field) -> pa.Array:
@@ -165,22 +183,32 @@ class ChunkScorer:
         self.batch_size = batch_size
         self.mc_samples = package.mc_samples if mc_samples is None else mc_samples
         self.seed = seed
+        self._buffer: np.ndarray | None = None
 
     def predict(self, images: Sequence[np.ndarray], ids: list[str]) -> np.ndarray:
-        """Model outputs ``(n, S, n_outputs)`` for ``(C, H, W)`` images, in batches of ``batch_size``."""
-        outputs = [self.session.predict(np.asarray(images[i : i + self.batch_size], dtype=np.float32),
-                                        ids[i : i + self.batch_size], self.mc_samples, self.seed)
-                   for i in range(0, len(images), self.batch_size)]
+        """Model outputs ``(n, S, n_outputs)`` for ``(C, H, W)`` images, in batches of ``batch_size`` (stacked into
+        one reused buffer)."""
+        outputs = []
+        for i in range(0, len(images), self.batch_size):
+            batch = images[i : i + self.batch_size]
+            if not isinstance(batch, np.ndarray):
+                if self._buffer is None or len(self._buffer) < len(batch):
+                    self._buffer = np.empty((self.batch_size, *self.session.package.input_shape), np.float32)
+                batch = np.stack(batch, out=self._buffer[: len(batch)])
+            outputs.append(self.session.predict(batch, ids[i : i + self.batch_size], self.mc_samples, self.seed))
         if outputs:
             return np.concatenate(outputs)
         return np.zeros((0, max(self.mc_samples, 1), len(self.columns.output_names)), np.float32)
 
-    def score(self, chunk: PreparedChunk) -> pa.Table:
-        """Catalogue rows of a prepared chunk: model columns for the unflagged rows, nulls for the rest."""
-        rows = chunk.rows
-        to_score = np.flatnonzero(pc.is_null(rows["flag"]).to_numpy(zero_copy_only=False))
-        ids = pc.take(rows["id_str"], pa.array(to_score)).to_pylist()
-        outputs = self.predict(chunk.images, ids)
+    def model_outputs(self, chunk: PreparedChunk) -> ModelOutputs:
+        """The model half of :meth:`score`: outputs for the chunk's unflagged rows."""
+        to_score = np.flatnonzero(pc.is_null(chunk.rows["flag"]).to_numpy(zero_copy_only=False))
+        ids = pc.take(chunk.rows["id_str"], pa.array(to_score)).to_pylist()
+        return ModelOutputs(to_score, ids, self.predict(chunk.images, ids))
+
+    def table(self, chunk: PreparedChunk, model: ModelOutputs) -> pa.Table:
+        """The catalogue half of :meth:`score`: model columns for the scored rows, nulls for the rest."""
+        rows, to_score, ids, outputs = chunk.rows, model.rows, model.ids, model.outputs
         finite = np.isfinite(outputs).all(axis=(1, 2))
         flags = rows["flag"].to_pylist()
         for i in to_score[~finite]:
@@ -189,7 +217,11 @@ class ChunkScorer:
         seeds = galaxy_seeds([ids[i] for i in np.flatnonzero(finite)], self.seed)
         values = self.columns.compute(outputs[finite], seeds)
         n = rows.num_rows
-        model = [_scatter(values[field.name], scored, n, field) for field in self.columns.fields()]
+        model_columns = [_scatter(values[field.name], scored, n, field) for field in self.columns.fields()]
         base = [rows[field.name] for field in BASE_FIELDS]
         quality = [rows["edge"], rows["nan_fraction"], pa.array(flags, pa.string())]
-        return pa.Table.from_arrays([*base, *model, *quality], schema=self.schema)
+        return pa.Table.from_arrays([*base, *model_columns, *quality], schema=self.schema)
+
+    def score(self, chunk: PreparedChunk) -> pa.Table:
+        """Catalogue rows of a prepared chunk: model columns for the unflagged rows, nulls for the rest."""
+        return self.table(chunk, self.model_outputs(chunk))

@@ -7,9 +7,17 @@ and the requested device, and reads the metadata of any part files already in th
 with another model or other settings are refused (``overwrite`` replaces them). Then it scores tile by tile, in
 chunks of ``chunk_size`` sources (:mod:`.chunks`), in this process or on Ray Data (:mod:`.ray_data`), and writes each
 tile's part file atomically as soon as its last chunk is in. Memory holds one tile's catalogue rows (and, in this
-process, one chunk's images), whatever the size of the release.
+process, the images of the few chunks in flight between the stages of :mod:`.local`), whatever the number of tiles.
 
-Resuming: a tile whose part file has the same settings and the same source ids is skipped; a tile that failed (its
+Planning (:func:`plan_jobs`) holds per-tile summaries: for a partitioned source catalogue (a directory, see
+:mod:`zoobot_pipeline.data.release`) each job names the files that hold its tile and the tile's row count in each,
+and a chunk's rows are read when the chunk is prepared (in this process, or in the Ray task that prepares it), so
+neither planning nor the driver ever holds the whole source table; memory is then bounded by the largest file of the
+catalogue and the number of tiles, not the number of sources. A single-file catalogue is read whole when the release
+is opened, as before (fine to ~10^7 sources; partition beyond).
+
+Resuming: a tile whose part file has the same settings and the same source ids (``sources_digest``, checked by
+reading that tile's ids) is skipped; a tile that failed (its
 part file records ``tile_failed``) is tried again. A run killed at any point leaves only complete part files (and
 ``.tmp-*`` files that readers ignore and the next run removes). One run at a time may write a catalogue (a lock on
 ``CATALOGUE/.lock``, released when the process ends, however it ends).
@@ -44,22 +52,16 @@ from zoobot_pipeline.catalogue import (
     write_part,
     write_summary_json,
 )
-from zoobot_pipeline.data.release import Release
+from zoobot_pipeline.data.release import Release, TileRows, check_tile_ids
 from zoobot_pipeline.errors import ScoringError
 from zoobot_pipeline.io import exclusive_lock
 from zoobot_pipeline.progress import progress_bar
 from zoobot_pipeline.runtime.package import MAX_MC_SAMPLES, ModelPackage
 from zoobot_pipeline.runtime.session import check_device, make_session
-from zoobot_pipeline.scoring.chunks import (
-    ChunkConfig,
-    ChunkScorer,
-    ScoredChunk,
-    TileJob,
-    open_tile,
-    prepare_chunk,
-)
+from zoobot_pipeline.scoring.chunks import ChunkConfig, ChunkScorer, ScoredChunk, TileJob
+from zoobot_pipeline.scoring.local import MAX_PREP_WORKERS, Timeline, scored_chunks
 
-__all__ = ["ScoringError", "ScoringResult", "score_release"]
+__all__ = ["ScoringError", "ScoringResult", "default_prep_workers", "plan_jobs", "score_release"]
 
 
 @dataclass
@@ -95,13 +97,14 @@ def _check_range(option: str, value: int | None, low: int, high: int, note: str 
 
 def _check_options(batch_size: int, chunk_size: int, mc_samples: int | None, use_ray: bool, workers: int | None,
                    gpus_per_worker: float, device: str, ray_address: str | None, seed: int = 0,
-                   threads: int | None = None) -> None:
+                   threads: int | None = None, prep_workers: int | None = None) -> None:
     _check_range("batch_size", batch_size, 1, MAX_BATCH_SIZE)
     _check_range("chunk_size", chunk_size, 1, MAX_CHUNK_SIZE)
     _check_range("mc_samples", mc_samples, 0, MAX_MC_SAMPLES, " (0: one pass with dropout off)")
     _check_range("threads", threads, 1, MAX_THREADS)
     _check_range("seed", seed, 0, 2**128 - 1)
     _check_range("workers", workers, 1, MAX_WORKERS)
+    _check_range("prep_workers", prep_workers, 0, MAX_PREP_WORKERS)
     if not 0 <= gpus_per_worker <= 64:
         raise ScoringError(f"--gpus-per-worker (gpus_per_worker) must be between 0 and 64, got {gpus_per_worker}")
     if not use_ray and (workers is not None or gpus_per_worker):
@@ -119,6 +122,16 @@ def _check_options(batch_size: int, chunk_size: int, mc_samples: int | None, use
         raise ScoringError(str(err)) from None
 
 
+def default_prep_workers(device: str, cores: int | None = None) -> int:
+    """Preparing threads for the in-process path: none on a CPU device, where onnxruntime's threads already use every
+    core and a preparing thread beside them slows the model more than it saves (0.81 against 0.99 of the model's rate
+    on 2 cores, ``benchmarks/README.md``); on a GPU, all but two of the ``cores`` (at most 16), which the model leaves
+    to the CPU work."""
+    if device == "cpu":
+        return 0
+    return max(1, min(16, (cores or os.cpu_count() or 1) - 2))
+
+
 def _physical_memory() -> int | None:
     """Bytes of memory on this machine, or None where the OS does not say."""
     try:
@@ -127,16 +140,20 @@ def _physical_memory() -> int | None:
         return None
 
 
-def _check_memory(package: ModelPackage, batch_size: int, chunk_size: int, mc_samples: int) -> None:
-    """Refuse options whose arrays would not fit: one chunk's images and model outputs, and one batch's dropout masks
-    and outputs (float32), against half of this machine's memory."""
+def _check_memory(package: ModelPackage, batch_size: int, chunk_size: int, mc_samples: int,
+                  prep_workers: int = 0) -> None:
+    """Refuse options whose arrays would not fit: the images and model outputs of the chunks in flight (the one being
+    scored, the one whose rows are being made, and up to ``prep_workers + 1`` prepared ahead), and one batch's
+    dropout masks and outputs (float32), against half of this machine's memory."""
     channels, height, width = package.input_shape
     samples, n_outputs = max(mc_samples, 1), len(package.output_names)
-    need = 4 * (chunk_size * (channels * height * width + samples * n_outputs)
+    chunks = prep_workers + 3 if prep_workers else 1
+    need = 4 * (chunks * chunk_size * (channels * height * width + samples * n_outputs)
                 + batch_size * samples * (package.n_features + n_outputs))
     memory = _physical_memory()
     if memory is not None and need > memory // 2:
-        raise ScoringError(f"--chunk-size {chunk_size}, --batch-size {batch_size} and --mc-samples {mc_samples} need "
+        raise ScoringError(f"--chunk-size {chunk_size}, --batch-size {batch_size}, --mc-samples {mc_samples} and "
+                           f"--prep-workers {prep_workers} need "
                            f"about {need / 2**30:.1f} GiB for this model ({channels}x{height}x{width} images, "
                            f"{package.n_features} features, {n_outputs} outputs), more than half of this machine's "
                            f"{memory / 2**30:.1f} GiB; lower them")
@@ -172,25 +189,6 @@ def _clear(out_dir: Path, overwrite: bool) -> None:
             path.unlink(missing_ok=True)
 
 
-def _local_chunks(jobs: list[TileJob], scorer: ChunkScorer, config: ChunkConfig,
-                  chunk_size: int) -> Iterator[ScoredChunk]:
-    """Score chunk by chunk in this process, one tile open at a time.
-
-    Cutting and preprocessing the next chunk in a thread while the model runs gained nothing measurable on 2 cores
-    (onnxruntime keeps both busy): see benchmarks/scoring_throughput.py.
-    """
-    for job in jobs:
-        tile, error = open_tile(job.tile_id, job.path, config.bands)
-        try:
-            n_chunks = job.n_chunks(chunk_size)
-            for index in range(n_chunks):
-                prepared = prepare_chunk(tile, error, job.chunk(index, chunk_size), config)
-                yield ScoredChunk(job.tile_id, index, n_chunks, scorer.score(prepared), prepared.tile_error)
-        finally:
-            if tile is not None:
-                tile.close()
-
-
 def _write_tiles(chunks: Iterator[ScoredChunk], jobs: list[TileJob], out_dir: Path, metadata: dict[str, str],
                  advance: Callable[[int], None], nodes: Counter) -> list[dict[str, Any]]:
     """Assemble each tile from its chunks (which arrive in order) and write its part file; returns the failures and
@@ -211,11 +209,14 @@ def _write_tiles(chunks: Iterator[ScoredChunk], jobs: list[TileJob], out_dir: Pa
             continue
         job = by_id[chunk.tile_id]
         table = pa.concat_tables(parts)
-        if not table["id_str"].equals(job.sources["id_str"]):
-            raise RuntimeError(f"tile {job.tile_id}: catalogue rows do not match the tile's sources")
+        if table.num_rows != job.sources.num_rows:
+            raise RuntimeError(f"tile {job.tile_id}: {table.num_rows} catalogue rows for {job.sources.num_rows} "
+                               "sources")
+        if isinstance(job.sources, TileRows) and len(job.sources.files) > 1:
+            check_tile_ids(table["id_str"], job.tile_id, f"{job.sources.root} ({', '.join(job.sources.files[:3])})")
         flagged = flag_counts(table["flag"])
         counts = {"sources": table.num_rows, "scored": table.num_rows - sum(flagged.values()), "flagged": flagged}
-        digest = sources_digest(job.sources["id_str"].to_pylist())
+        digest = sources_digest(table["id_str"].to_pylist())  # the tile's ids in release order, chunk by chunk
         meta = {**metadata, "tile_id": job.tile_id, "sources_digest": digest,
                 "counts": json.dumps(counts), "created": datetime.now(UTC).isoformat(timespec="seconds")}
         if errors:
@@ -225,6 +226,28 @@ def _write_tiles(chunks: Iterator[ScoredChunk], jobs: list[TileJob], out_dir: Pa
         write_part(table, part_path(out_dir, job.tile_id), meta)
         parts, errors = [], []
     return failures
+
+
+def plan_jobs(release: Release, columns: list[str], existing: dict[str, dict],
+              in_memory: bool = True) -> tuple[list[TileJob], int]:
+    """``(jobs, skipped)``: a :class:`TileJob` per tile to score, and the number of tiles whose part file in
+    ``existing`` (metadata by tile id) is complete with the same source ids (read now, one tile at a time, for those
+    tiles only). A job holds its tile's rows (``columns``) when the release's single-file catalogue is in memory and
+    ``in_memory``, else only where they are (:class:`~zoobot_pipeline.data.release.TileRows`: files and counts), so
+    that planning a partitioned release holds per-tile summaries, never the rows."""
+    jobs, skipped = [], 0
+    for tile_id in release.tile_ids:
+        done = existing.get(tile_id)
+        if done is not None and "tile_failed" not in done:
+            ids = (release.tile_rows(tile_id, ["id_str"]).slice() if release.partitioned
+                   else release.tile_sources(tile_id))["id_str"]
+            if done.get("sources_digest") == sources_digest(ids.to_pylist()):
+                skipped += 1
+                continue
+        sources = (release.tile_sources(tile_id).select(columns) if in_memory and not release.partitioned
+                   else release.tile_rows(tile_id, columns))
+        jobs.append(TileJob(tile_id, release.tile_paths[tile_id], sources))
+    return jobs, skipped
 
 
 def _totals(out_dir: Path) -> tuple[int, int, dict[str, int]]:
@@ -242,25 +265,32 @@ def score_release(release_dir: str | Path, package_dir: str | Path, out_dir: str
                   chunk_size: int = 256, mc_samples: int | None = None, seed: int = 0, device: str = "cpu",
                   variant: str = "fp32", threads: int | None = None, use_ray: bool = False,
                   ray_address: str | None = None, workers: int | None = None, gpus_per_worker: float = 0.0,
-                  overwrite: bool = False, progress: bool = True) -> ScoringResult:
+                  prep_workers: int | None = None, overwrite: bool = False, progress: bool = True,
+                  timeline: Timeline | None = None) -> ScoringResult:
     """Score every source of a release with a model package into the catalogue directory ``out_dir``.
 
     ``mc_samples`` MC-dropout samples per galaxy (default: the package's; 0 = one pass with dropout off), masks
     seeded by ``seed`` and each galaxy's id. ``use_ray`` (implied by ``ray_address``) runs on Ray Data: reading and
     preprocessing in tasks, inference in a pool of ``workers`` actors (default: from the cluster's CPUs, or its GPUs
-    over ``gpus_per_worker``). ``threads`` sets onnxruntime's intra-op threads. See the module docstring for checks,
+    over ``gpus_per_worker``). ``threads`` sets onnxruntime's intra-op threads. In this process, ``prep_workers``
+    threads cut and preprocess ahead of the model and one more makes the catalogue rows (:mod:`.local`; 0: every
+    stage in turn in this thread; default :func:`default_prep_workers`), and ``timeline`` records when each stage
+    ran. See the module docstring for checks,
     resuming and ``overwrite``.
     """
     start = time.perf_counter()
     use_ray = use_ray or ray_address is not None
+    if prep_workers is None:
+        prep_workers = default_prep_workers(device)
     _check_options(batch_size, chunk_size, mc_samples, use_ray, workers, gpus_per_worker, device, ray_address, seed,
-                   threads)
+                   threads, prep_workers)
     package = ModelPackage.open(package_dir)
     package.onnx_path(variant)
     if mc_samples is None and package.mc_samples > MAX_MC_SAMPLES:
         raise ScoringError(f"{package.path / 'model.json'}: mc_dropout.samples {package.mc_samples} is more than "
                            f"{MAX_MC_SAMPLES}; pass --mc-samples (mc_samples) to choose fewer")
-    _check_memory(package, batch_size, chunk_size, package.mc_samples if mc_samples is None else mc_samples)
+    _check_memory(package, batch_size, chunk_size, package.mc_samples if mc_samples is None else mc_samples,
+                  0 if use_ray else prep_workers)
     sizing = package.preprocessing.cutout  # cut as the model was trained
     release = Release.open(Path(release_dir).resolve(), allow_missing_tiles=True, columns=[sizing.size_column])
     package.check_release(release)
@@ -274,17 +304,9 @@ def score_release(release_dir: str | Path, package_dir: str | Path, out_dir: str
     existing = _existing_parts(out_dir, settings, release, overwrite)
 
     source_columns = ["id_str", "ra", "dec", "tile_id"]
-    if sizing.size_column in release.sources.column_names:
+    if sizing.size_column in release.source_columns:
         source_columns.append(sizing.size_column)
-    jobs, skipped = [], 0
-    for tile_id in release.tile_ids:
-        sources = release.tile_sources(tile_id).select(source_columns)
-        done = existing.get(tile_id)
-        digest = sources_digest(sources["id_str"].to_pylist())
-        if done is not None and "tile_failed" not in done and done.get("sources_digest") == digest:
-            skipped += 1
-        else:
-            jobs.append(TileJob(tile_id, release.tile_paths[tile_id], sources))
+    jobs, skipped = plan_jobs(release, source_columns, existing, in_memory=not use_ray)  # Ray tasks read the rows
     config = ChunkConfig(release.bands, release.info.pixel_scale_arcsec, package.preprocessing)
     metadata = {**settings.metadata(), "package": str(package.path.resolve()), "release_path": str(release.path),
                 "code_version": __version__}
@@ -305,14 +327,14 @@ def score_release(release_dir: str | Path, package_dir: str | Path, out_dir: str
             chunks = ray_chunks(jobs, package, config, chunk_size, scorer_options, ray_address=ray_address,
                                 workers=workers, gpus_per_worker=gpus_per_worker)
         else:
-            chunks = _local_chunks(jobs, scorer, config, chunk_size)
+            chunks = scored_chunks(jobs, scorer, config, chunk_size, prep_workers, timeline)
         with progress_bar(progress, sum(job.sources.num_rows for job in jobs), "scoring", "galaxies") as advance:
             nodes: Counter = Counter()
             failures = _write_tiles(chunks, jobs, out_dir, metadata, advance, nodes)
         write_failures(out_dir, failures)
         n_sources, n_scored, flagged = _totals(out_dir)
-        if n_sources != release.sources.num_rows:
-            raise RuntimeError(f"{out_dir}: {n_sources} catalogue rows for {release.sources.num_rows} sources")
+        if n_sources != release.n_sources:
+            raise RuntimeError(f"{out_dir}: {n_sources} catalogue rows for {release.n_sources} sources")
         result = ScoringResult(out_dir, "ray" if use_ray else "in-process", n_sources, n_scored, flagged,
                                len(release.tile_ids), len(jobs), skipped, failures, time.perf_counter() - start,
                                dict(nodes))

@@ -1,11 +1,18 @@
 """Scoring on Ray Data: chunks are read and preprocessed in tasks and scored by a pool of onnxruntime actors.
 
-The dataset has one row per chunk (:mod:`.chunks`): ``from_items`` of chunk descriptors (tile id and file, the
-chunk's sources as Arrow IPC bytes) -> ``map_batches`` of :func:`_read` (CPU tasks, one chunk per call) ->
+The dataset has one row per chunk (:mod:`.chunks`): ``from_items`` of chunk descriptors (:func:`chunk_items`: tile
+id and file, and where the chunk's sources are, a :class:`~zoobot_pipeline.data.release.TileRows` naming the
+catalogue files that hold them and the row range, never the rows) -> ``map_batches`` of :func:`_read` (CPU tasks,
+one chunk per call: reads the chunk's sources, cuts and preprocesses) ->
 ``map_batches`` of :class:`_Scorer` (an actor pool, ``ActorPoolStrategy(size=n)``, one
 :class:`~.chunks.ChunkScorer` per actor) -> rows holding each chunk's catalogue rows as Arrow IPC bytes, iterated on
 the driver in input order (``preserve_order``), so that the driver holds one tile's rows at a time and writes each
 tile as soon as its last chunk arrives. Arrays travel as Arrow IPC or raw float32 bytes, never pickled.
+
+Streaming: the descriptors are made lazily from the plan and run as a sequence of datasets of at most
+:data:`CHUNKS_PER_DATASET` chunks each (one after the other, results in order), so that the driver holds at most that
+many descriptors (a few hundred bytes each) whatever the size of the release; each dataset starts its own actor pool
+(a second or so, against hours of scoring per dataset at full size).
 
 Resources: actors reserve :data:`ACTOR_CPUS` (0.5) CPU, so that read tasks (1 CPU each) can always be scheduled; when
 actors hold every CPU, Ray Data waits forever for read tasks. Each actor runs onnxruntime with ``threads`` intra-op
@@ -15,6 +22,7 @@ of its GPUs. The tiles and the package must be readable at the same paths on eve
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
+from zoobot_pipeline.data.release import TileRows
 from zoobot_pipeline.errors import PackageError, ScoringError, UnavailableError
 from zoobot_pipeline.raycluster import ray_cluster
 from zoobot_pipeline.runtime.package import ModelPackage
@@ -36,10 +45,11 @@ from zoobot_pipeline.scoring.chunks import (
     prepare_chunk,
 )
 
-__all__ = ["ACTOR_CPUS", "pool_size", "ray_chunks"]
+__all__ = ["ACTOR_CPUS", "CHUNKS_PER_DATASET", "chunk_items", "pool_size", "ray_chunks"]
 
 ACTOR_CPUS = 0.5
 DEFAULT_ACTOR_THREADS = 2
+CHUNKS_PER_DATASET = 4096  # 10^6 galaxies at the default chunk size; descriptors held by the driver at once
 
 _PREPARED = pa.schema([("tile_id", pa.string()), ("chunk", pa.int64()), ("n_chunks", pa.int64()),
                        ("rows", pa.large_binary()), ("images", pa.large_binary()), ("shape", pa.list_(pa.int64())),
@@ -63,9 +73,10 @@ def _read(batch: pa.Table, config: ChunkConfig) -> pa.Table:
     """Ray Data task: cut and preprocess each chunk of ``batch`` (one row per chunk)."""
     out = []
     for row in batch.to_pylist():
+        sources = TileRows.from_json(row["rows"]).slice(row["offset"], row["length"])
         tile, error = open_tile(row["tile_id"], row["path"], config.bands)
         try:
-            prepared = prepare_chunk(tile, error, _from_ipc(row["sources"]), config)
+            prepared = prepare_chunk(tile, error, sources, config)
         finally:
             if tile is not None:
                 tile.close()
@@ -125,6 +136,20 @@ def pool_size(resources: dict[str, float], workers: int | None, gpus_per_worker:
     return size
 
 
+def chunk_items(jobs: list[TileJob], chunk_size: int) -> Iterator[dict[str, Any]]:
+    """One descriptor per chunk, in order: tile id, tile file, chunk index and count, and where its sources are
+    (``rows``: :class:`~zoobot_pipeline.data.release.TileRows` JSON naming only the files this chunk reads, ``offset``
+    and ``length`` in them); jobs must carry ``TileRows``, not rows."""
+    for job in jobs:
+        if not isinstance(job.sources, TileRows):
+            raise TypeError(f"tile {job.tile_id}: a Ray job names where its sources are (TileRows), not the rows")
+        n_chunks = job.n_chunks(chunk_size)
+        for index in range(n_chunks):
+            rows, offset = job.sources.narrow(index * chunk_size, chunk_size)
+            yield {"tile_id": job.tile_id, "path": str(job.path), "chunk": index, "n_chunks": n_chunks,
+                   "rows": rows.to_json(), "offset": offset, "length": chunk_size}
+
+
 def ray_chunks(jobs: list[TileJob], package: ModelPackage, config: ChunkConfig, chunk_size: int,
                options: dict[str, Any], *, ray_address: str | None = None, workers: int | None = None,
                gpus_per_worker: float = 0.0) -> Iterator[ScoredChunk]:
@@ -138,23 +163,20 @@ def ray_chunks(jobs: list[TileJob], package: ModelPackage, config: ChunkConfig, 
             problem = ray.get(probe.remote(device))
             if problem is not None:
                 raise ScoringError(problem)
-        items = [{"tile_id": job.tile_id, "path": str(job.path), "chunk": index, "n_chunks": job.n_chunks(chunk_size),
-                  "sources": _to_ipc(job.chunk(index, chunk_size))}
-                 for job in jobs for index in range(job.n_chunks(chunk_size))]
-        if not items:
-            return
-        dataset = ray.data.from_items(items, override_num_blocks=len(items))
-        dataset.context.execution_options.preserve_order = True
-        dataset.context.enable_progress_bars = False
         actor_options = {**options, "threads": options.get("threads") or DEFAULT_ACTOR_THREADS}
-        scored = (
-            dataset.map_batches(_read, batch_size=1, batch_format="pyarrow", fn_kwargs={"config": config})
-            .map_batches(_Scorer, batch_size=1, batch_format="pyarrow",
-                         compute=ray.data.ActorPoolStrategy(size=size), num_cpus=ACTOR_CPUS,
-                         num_gpus=gpus_per_worker or None,
-                         fn_constructor_kwargs={"package_path": str(package.path.resolve()),
-                                                "sha256": package.sha256, "options": actor_options})
-        )
-        for row in scored.iter_rows():
-            yield ScoredChunk(row["tile_id"], row["chunk"], row["n_chunks"], _from_ipc(row["table"]),
-                              row["tile_error"], row["node"])
+        items = chunk_items(jobs, chunk_size)
+        while window := list(itertools.islice(items, CHUNKS_PER_DATASET)):
+            dataset = ray.data.from_items(window, override_num_blocks=len(window))
+            dataset.context.execution_options.preserve_order = True
+            dataset.context.enable_progress_bars = False
+            scored = (
+                dataset.map_batches(_read, batch_size=1, batch_format="pyarrow", fn_kwargs={"config": config})
+                .map_batches(_Scorer, batch_size=1, batch_format="pyarrow",
+                             compute=ray.data.ActorPoolStrategy(size=size), num_cpus=ACTOR_CPUS,
+                             num_gpus=gpus_per_worker or None,
+                             fn_constructor_kwargs={"package_path": str(package.path.resolve()),
+                                                    "sha256": package.sha256, "options": actor_options})
+            )
+            for row in scored.iter_rows():
+                yield ScoredChunk(row["tile_id"], row["chunk"], row["n_chunks"], _from_ipc(row["table"]),
+                                  row["tile_error"], row["node"])

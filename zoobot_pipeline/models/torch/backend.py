@@ -26,6 +26,7 @@ from zoobot_pipeline.models.torch.loop import LocalSession, run_training
 from zoobot_pipeline.models.torch.model import ZoobotModel, check_architecture
 from zoobot_pipeline.models.torch.state import export_model
 from zoobot_pipeline.models.torch.train import check_precision, resolve_device
+from zoobot_pipeline.models.zoobot_import import ImportRequest
 
 __all__ = ["BACKEND", "TorchBackend"]
 
@@ -89,6 +90,12 @@ class TorchBackend:
         from zoobot_pipeline.models.torch.export import export_onnx
 
         return export_onnx(checkpoint_dir, onnx_path)
+
+    def import_zoobot(self, request: ImportRequest, out_dir: str | Path, overwrite: bool = False) -> Path:
+        """See :func:`zoobot_pipeline.models.torch.zoobot_import.import_zoobot`."""
+        from zoobot_pipeline.models.torch.zoobot_import import import_zoobot
+
+        return import_zoobot(request, out_dir, overwrite)
 
 
 BACKEND = TorchBackend()

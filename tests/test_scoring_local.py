@@ -1,0 +1,89 @@
+"""The in-process scoring engine (:mod:`zoobot_pipeline.scoring.local`): prepare threads, the model in the calling
+thread and a columns thread give exactly the rows of scoring each chunk one after another, in order, and the timeline
+shows the stages overlapping."""
+
+from __future__ import annotations
+
+import time
+
+import pyarrow as pa
+import pytest
+from test_scoring_support import make_package, make_release
+
+from zoobot_pipeline.data.release import Release
+from zoobot_pipeline.export import ModelPackage
+from zoobot_pipeline.scoring import local
+from zoobot_pipeline.scoring.chunks import ChunkConfig, ChunkScorer, TileJob, open_tile, prepare_chunk
+from zoobot_pipeline.scoring.local import Timeline, prepared_chunks, scored_chunks
+
+CHUNK = 8
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> tuple[list[TileJob], ChunkScorer, ChunkConfig]:
+    package = ModelPackage.open(make_package(tmp_path_factory.mktemp("model")))
+    release = Release.open(make_release(tmp_path_factory.mktemp("sim") / "release", 64, 3, seed=4))
+    jobs = [TileJob(t, release.tile_paths[t], release.tile_sources(t)) for t in release.tile_ids]
+    config = ChunkConfig(release.bands, release.info.pixel_scale_arcsec, package.preprocessing)
+    return jobs, ChunkScorer(package, batch_size=3), config
+
+
+def _serial(jobs: list[TileJob], scorer: ChunkScorer, config: ChunkConfig) -> list[tuple[str, int, pa.Table]]:
+    """Each chunk cut, preprocessed and scored in turn with the chunk module's own functions."""
+    rows = []
+    for job in jobs:
+        tile, error = open_tile(job.tile_id, job.path, config.bands)
+        for index in range(job.n_chunks(CHUNK)):
+            rows.append((job.tile_id, index, scorer.score(prepare_chunk(tile, error, job.chunk(index, CHUNK), config))))
+        tile.close()
+    return rows
+
+
+@pytest.mark.parametrize("workers", [0, 1, 3])
+def test_threads_give_the_serial_rows_in_order(setup, workers):
+    jobs, scorer, config = setup
+    expected = _serial(jobs, scorer, config)
+    timeline = Timeline()
+    got = list(scored_chunks(jobs, scorer, config, CHUNK, workers, timeline))
+    assert [(c.tile_id, c.index) for c in got] == [(t, i) for t, i, _ in expected]
+    assert all(c.n_chunks == jobs[0].n_chunks(CHUNK) for c in got if c.tile_id == jobs[0].tile_id)
+    for chunk, (_, _, table) in zip(got, expected, strict=True):
+        assert chunk.table.equals(table)
+    assert sum(c.table.num_rows for c in got) == sum(j.sources.num_rows for j in jobs)
+    names = {stage.name for stage in timeline.stages}
+    assert names == {"prepare", "model", "columns"}
+    assert len([s for s in timeline.stages if s.name == "model"]) == len(expected)
+    threads = {s.name: {t.thread for t in timeline.stages if t.name == s.name} for s in timeline.stages}
+    if workers:
+        assert all(t.startswith("prepare") for t in threads["prepare"]) and len(threads["prepare"]) <= workers
+        assert all(t.startswith("columns") for t in threads["columns"])
+    else:
+        assert len({t for ts in threads.values() for t in ts}) == 1
+
+
+def test_prepare_runs_ahead_of_the_model_and_tiles_are_closed(setup, monkeypatch):
+    jobs, scorer, config = setup
+    opened = []
+
+    def counting_open(tile_id, path, bands):
+        tile, error = open_tile(tile_id, path, bands)
+        opened.append(tile)
+        return tile, error
+
+    monkeypatch.setattr(local, "open_tile", counting_open)
+    timeline = Timeline()
+    consumed = 0
+    for _ in prepared_chunks(jobs, config, CHUNK, 2, timeline):
+        consumed += 1
+        if consumed == 1:
+            # the first chunk is in hand: up to workers + 1 = 3 more may already be prepared, never more
+            time.sleep(0.5)
+            assert 2 <= len(timeline.stages) <= 4
+    assert consumed == sum(j.n_chunks(CHUNK) for j in jobs)
+    assert opened and all(tile.images == [] for tile in opened), "every tile opened by a worker is closed"
+
+
+def test_bad_worker_count_is_refused(setup):
+    jobs, _, config = setup
+    with pytest.raises(ValueError, match="prep workers must be between 0 and"):
+        list(prepared_chunks(jobs, config, CHUNK, -1))
