@@ -32,8 +32,7 @@ from zoobot_pipeline.schemas import get_schema
 
 torch.set_num_threads(2)
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "zoobot-2.9"
-pytestmark = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"Zoobot 2.9 fixtures not at {FIXTURES}")
+FIXTURES = ROOT / "tests" / "fixtures" / "zoobot-2.9"  # files Zoobot 2.9.0 wrote itself (see the README there)
 TREE_CKPT = FIXTURES / "zoobot_tree_test_efficientnet.ckpt"
 CLASSIFIER_CKPT = FIXTURES / "finetuned_classifier_test_efficientnet.ckpt"
 ENCODER_DIR = FIXTURES / "hf_encoder_test_convnext"
