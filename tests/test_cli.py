@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -201,3 +202,27 @@ def test_python_dash_m_runs_the_command_line():
     done = subprocess.run([sys.executable, "-m", "zoobot_pipeline.cli", "--version"], check=True,
                           capture_output=True, text=True)
     assert done.stdout.startswith("zoobot-pipeline ")
+
+
+_BROKEN_PIPE = """
+import typer
+from zoobot_pipeline.cli._options import UserErrorsGroup
+app = typer.Typer(cls=UserErrorsGroup)
+@app.command()
+def write() -> None:
+    raise BrokenPipeError(32, "Broken pipe")  # what a write to a pipe whose reader has exited raises
+@app.command()
+def other() -> None:
+    'A second command, so that write is a sub-command as in zoobot-pipeline.'
+app()
+"""
+
+
+def test_a_reader_that_stops_early_is_not_an_internal_error(tmp_path):
+    """`zoobot-pipeline ... | head`, the reader gone while the command writes: exit 1 quietly, no 'internal error',
+    no traceback file."""
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
+    done = subprocess.run([sys.executable, "-c", _BROKEN_PIPE, "write"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 1 and done.stderr == "", done.stderr
+    assert not list((tmp_path / "state").rglob("traceback-*"))

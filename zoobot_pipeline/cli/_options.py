@@ -14,6 +14,7 @@ import errno
 import functools
 import inspect
 import os
+import sys
 import tempfile
 import time
 import traceback
@@ -230,6 +231,10 @@ class UserErrorsGroup(TyperGroup):
         except ServiceError as err:
             print_error(str(err))
             raise typer.Exit(UPLOAD_FAILED_EXIT) from None
+        except BrokenPipeError:
+            # whoever read the output stopped (``| head``): nothing to report; further writes go nowhere
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(FAILED_EXIT) from None
         except OSError as err:
             message, code = os_error_message(err)
             if code == USER_ERROR_EXIT or err.errno in NO_SPACE:
