@@ -179,13 +179,18 @@ def _in_channels(request: ImportRequest, recorded: Any, source: str) -> int:
 def _timm_kwargs(kwargs: Any, source: str) -> dict[str, Any]:
     if kwargs is None:
         return {}
-    if not isinstance(kwargs, Mapping):
-        raise CheckpointImportError(f"{source}: expected a mapping of timm keywords, got {kwargs!r}")
-    unknown = sorted(set(kwargs) - set(_TIMM_KWARGS))
+    return dict(_supported(kwargs, _TIMM_KWARGS, "timm keywords", source))
+
+
+def _supported(values: Any, allowed: tuple[str, ...], what: str, source: str) -> Mapping[str, Any]:
+    """``values`` if it is a mapping whose keys are all in ``allowed``; else one error naming ``what`` and the keys."""
+    if not isinstance(values, Mapping):
+        raise CheckpointImportError(f"{source}: {what} should be a mapping, got {values!r}")
+    unknown = sorted(set(values) - set(allowed))
     if unknown:
-        raise CheckpointImportError(f"{source}: timm keywords {unknown} are not supported (the encoder is rebuilt "
-                                    f"with {', '.join(_TIMM_KWARGS)} only)")
-    return dict(kwargs)
+        raise CheckpointImportError(f"{source}: {what} {unknown} are not supported (the encoder is rebuilt with "
+                                    f"{', '.join(allowed)} only)")
+    return values
 
 
 def _head_kind(shapes: Mapping[str, tuple[int, ...]], source: Path) -> Literal["dirichlet", "linear"]:
@@ -368,13 +373,7 @@ def plan_encoder(request: ImportRequest, config: Mapping[str, Any], names: Itera
     if request.task not in (None, "pretrained") or request.class_names:
         raise CheckpointImportError(f"{request.source}: an encoder has no head; --task {request.task} and "
                                     "--class-name apply to Lightning checkpoints (finetune the encoder instead)")
-    args = config.get("model_args") or {}
-    if not isinstance(args, Mapping):
-        raise CheckpointImportError(f"{source}: model_args should be a mapping, got {args!r}")
-    unknown = sorted(set(args) - set(_ENCODER_ARGS))
-    if unknown:
-        raise CheckpointImportError(f"{source}: model_args {unknown} are not supported (the encoder is rebuilt with "
-                                    f"{', '.join(_ENCODER_ARGS)} only)")
+    args = _supported(config.get("model_args") or {}, _ENCODER_ARGS, "model_args", source)
     num_classes = args.get("num_classes", config.get("num_classes", 0))
     pool = args.get("global_pool", config.get("global_pool", "avg"))
     if num_classes != 0 or pool != "avg":
