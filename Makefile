@@ -51,8 +51,13 @@ bench: $(KERNELS)
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache
 
-# Docker image (and the Apptainer .sif with SIF=1; pushed as PUSH:VERSION and PUSH:latest with PUSH=REPOSITORY) built
-# with buildah, no Docker daemon: see containers/README.md.
-.PHONY: images
+# Container images built with buildah, no Docker daemon: see containers/README.md. TARGET=scoring (default) or
+# training, GPU=1 for onnxruntime-gpu, SIF=1 for the Apptainer .sif too, PUSH=REGISTRY (e.g. ghcr.io/zoobot-pipeline) to
+# push REGISTRY/zoobot-pipeline-TARGET:VERSION and :latest. image-check runs the scoring image against the host.
+.PHONY: images image-check
 images:
-	containers/build.sh $(if $(SIF),--sif) $(if $(PUSH),--push $(PUSH))
+	containers/build.sh --target $(or $(TARGET),scoring) $(if $(GPU),--gpu) $(if $(SIF),--sif) $(if $(PUSH),--push $(PUSH))
+
+image-check: $(KERNELS)
+	containers/build.sh --target scoring
+	containers/check_scoring_image.sh

@@ -1,17 +1,23 @@
-"""Label efficiency of active learning: galaxies chosen by mutual information (BALD) against galaxies chosen at random.
+"""Label efficiency of active learning: galaxies chosen by BALD (mutual information), top-K or drawn as a stochastic
+batch (power BALD, with exclusions and a random fraction), against galaxies chosen at random.
 
-Run: .venv/bin/python benchmarks/active_learning.py [--work DIR] [--png PATH] [--seeds 0 1 2] [--entropy]
-     .venv/bin/python benchmarks/active_learning.py --analyse DIR     (print and plot a finished or running run again)
+Run: .venv/bin/python benchmarks/active_learning.py [--work DIR] [--png PATH] [--json PATH] [--seeds 0 1 2 3 4]
+         [--strategies random topk_bald power_bald power_bald_curated targeted] [--pool 10000] [--test 1000]
+     .venv/bin/python benchmarks/active_learning.py --analyse DIR     (print, plot and summarise a run again)
+A rerun with the same --work resumes: the releases and the pretrained model are reused, finished curves kept.
 
 1. Simulates a pretraining release (its own seed: none of the experiment's galaxies) and pretrains resnet18 at 64 px
    on its votes: the encoder every round starts from (why: ``al_experiment.py``'s docstring, beside this file).
 2. Simulates the experiment's release (every source with simulated volunteer votes, revealed only when acquired)
    and runs ``al_experiment.run_experiment``: per seed a test set and an initial labelled set, then
-   rounds of finetune -> export -> score the release -> acquire K -> reveal their votes -> merge, per strategy.
+   rounds of finetune -> export -> score the release -> acquire K -> reveal their votes -> merge, per strategy
+   (``al_experiment.preset_strategies``).
 3. Prints the test NLL and accuracy per strategy and number of labels (mean and standard deviation over seeds, and
-   the paired difference to random), how many labels mutual information needs to reach random's test NLL
-   (interpolated along the mean curves), whether the round-0 model's MI and entropy single out the test galaxies it
-   predicts worst, and what each strategy acquired; draws the curves into a PNG with matplotlib.
+   the paired difference to random), how many labels each strategy needs to reach random's test NLL (interpolated
+   along the mean curves), whether the round-0 model's MI and entropy single out the test galaxies it predicts worst,
+   per-question differences and what each strategy acquired; draws the curves into a PNG with matplotlib; writes the
+   machine-readable verdict (``al_summary.summarise``: labels saved against random with paired 95% intervals over
+   seeds, for the whole tree and per question) as JSON.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from al_experiment import ExperimentConfig, galaxy_nll, run_experiment
+from al_experiment import PRESET_NAMES, ExperimentConfig, galaxy_nll, preset_strategies, run_experiment
+from al_summary import summarise
 from scipy.stats import spearmanr
 
 from zoobot_pipeline import models
@@ -36,12 +43,16 @@ from zoobot_pipeline.cycle import RoundConfig
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
 from zoobot_pipeline.data.synthetic.simulate import simulate_release
 from zoobot_pipeline.data.votes import read_votes, vote_matrix
-from zoobot_pipeline.io import atomic_path
+from zoobot_pipeline.io import atomic_path, write_json_atomic
 from zoobot_pipeline.schemas import get_schema
 from zoobot_pipeline.stats import dirichlet_multinomial_nll
 
-COLOURS = {"mutual_information": "#c83c28", "random": "#285ac8", "entropy": "#289646"}
-LABELS = {"mutual_information": "mutual information (BALD)", "random": "random", "entropy": "predictive entropy"}
+COLOURS = {"random": "#285ac8", "topk_bald": "#c83c28", "power_bald": "#e08a1e", "power_bald_curated": "#289646",
+           "targeted": "#8c3cb4"}
+LABELS = {"random": "random", "topk_bald": "top-K BALD", "power_bald": "power BALD",
+          "power_bald_curated": "power BALD + exclusions + 20% random", "targeted": "curated, one question weighted 5x"}
+DEFAULT_STRATEGY = "power_bald_curated"
+
 
 
 def curves(results: pa.Table, metric: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
@@ -87,7 +98,7 @@ def _fewer(needed: float, labels: float) -> str:
     return f"{100 * saving:.0f}% fewer" if saving >= 0 else f"{-100 * saving:.0f}% more"
 
 
-def print_efficiency(results: pa.Table, strategy: str = "mutual_information") -> None:
+def print_efficiency(results: pa.Table, strategy: str) -> None:
     """How many labels ``strategy`` needs to reach random's test NLL at each of random's points, and a verdict from
     the paired difference after the last round."""
     nll = curves(results, "test_nll")
@@ -173,10 +184,11 @@ def print_per_question(out: Path, config: ExperimentConfig) -> None:
         known = read_votes(seed_dir / "known_votes.parquet", schema)
         test = known.filter(pc.invert(pc.is_in(known["id_str"], value_set=initial)))
         per_question = {}
-        for strategy in config.strategies:
+        names = [strategy.name for strategy in config.strategies]
+        for strategy in names:
             nll = galaxy_nll(seed_dir / strategy / last / "catalogue", test, schema)
             per_question[strategy] = np.array([np.mean(nll[f"nll_{q.name}"].to_numpy()) for q in schema.questions])
-        for strategy in config.strategies:
+        for strategy in names:
             if strategy != "random":
                 diffs.setdefault(strategy, []).append(per_question[strategy] - per_question["random"])
     print(f"\nper question, test NLL minus random's after {config.n_rounds} rounds (mean over seeds, nats):")
@@ -247,26 +259,74 @@ def plot(results: pa.Table, png: Path, question: str) -> None:
     plt.close(figure)
 
 
-def analyse(out: Path, png: Path) -> None:
+def print_summary(summary: dict, targeted_question: str | None) -> None:
+    """The JSON's headline: labels each strategy saves against random at the final budget (paired 95% interval over
+    seeds), whether it is ever worse than random beyond noise, and the targeted question's own saving."""
+    print(f"\nlabels saved against random at {summary['budgets'][-1]} labels (mean over seeds {summary['seeds']}, "
+          "paired 95% interval; 'extrapolated' seeds did not reach random's NLL within the budget):")
+    for name, entry in summary["strategies"].items():
+        if name == "random":
+            continue
+        saved = entry["labels_saved_vs_random_pct"]
+        line = (f"  {name:>20}: {saved['value']:+6.1f}% [{saved['ci95'][0]:+.1f}, {saved['ci95'][1]:+.1f}]"
+                f" (extrapolated {saved['seeds_extrapolated']}); never worse than random beyond noise: "
+                f"{entry['never_worse_than_random']}")
+        if targeted_question is not None:
+            question = entry["per_question"][targeted_question]["labels_saved_vs_random_pct"]
+            line += (f"; {targeted_question}: {question['value']:+.1f}% [{question['ci95'][0]:+.1f}, "
+                     f"{question['ci95'][1]:+.1f}]")
+        print(line)
+    print(f"  default strategy: {summary['default_strategy']}")
+
+
+def analyse(out: Path, png: Path, json_path: Path) -> None:
     summary = json.loads((out / "experiment.json").read_text())
     config = ExperimentConfig.model_validate(summary["config"])
+    names = [strategy.name for strategy in config.strategies]
     results = pq.read_table(out / "results.parquet")
-    per_seed = len(config.strategies) * (config.n_rounds + 1)
+    per_seed = len(names) * (config.n_rounds + 1)
     seeds = [s for s in config.seeds if results["seed"].to_pylist().count(s) == per_seed]
     results = results.filter(pc.is_in(results["seed"], value_set=pa.array(seeds, results["seed"].type)))
     print(f"\n{len(seeds)} of {len(config.seeds)} seeds finished; results of those:")
     if not seeds:
         return
     print_table(results)
-    print_efficiency(results)
-    if "entropy" in config.strategies:
-        print_efficiency(results, "entropy")
+    for name in names:
+        if name != "random":
+            print_efficiency(results, name)
     print_informativeness(out, Path(summary["release"]), config.round.schema_name)
-    if "random" in config.strategies:
+    if "random" in names:
         print_per_question(out, config)
     print_acquired(out, Path(summary["release"]))
     plot(results, png, config.question)
     print(f"\nplot: {png}")
+    if "random" not in names:
+        return
+    schema = get_schema(config.round.schema_name)
+    targeted = config.targeted_question
+    verdict = summarise(results.to_pylist(), names, [q.name for q in schema.questions], config.n_rounds,
+                        DEFAULT_STRATEGY if DEFAULT_STRATEGY in names else names[0],
+                        extra={"pool": summary["n_pool"], "n_test": config.n_test, "n_initial": config.n_initial,
+                               "top_k": config.top_k, "n_rounds": config.n_rounds, "targeted_question": targeted,
+                               "strategy_options": {s.name: s.rank_options() for s in config.strategies},
+                               "architecture": config.round.model.architecture,
+                               "input_size": config.round.model.input_size, "mc_samples": config.round.mc_samples,
+                               "code_version": summary["code_version"]})
+    write_json_atomic(verdict, json_path)
+    print_summary(verdict, targeted)
+    print(f"\nsummary: {json_path}")
+
+
+def simulated(path: Path, n_galaxies: int, n_tiles: int, seed: int) -> Path:
+    """The simulated release at ``path`` (every source with votes), made once: a finished one of the same simulation
+    is reused, so that a rerun in the same ``--work`` resumes where it stopped."""
+    info = path / "release.json"
+    if info.is_file():
+        simulation = json.loads(info.read_text())["simulation"]
+        if (simulation["seed"], simulation["n_galaxies"], simulation["n_tiles"]) != (seed, n_galaxies, n_tiles):
+            raise SystemExit(f"{path} holds another simulation ({info}); use another --work")
+        return path
+    return simulate_release(path, n_galaxies, n_tiles, seed=seed, labelled_fraction=1.0, workers=2)
 
 
 def main() -> None:
@@ -274,13 +334,17 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="folder for releases, models and results")
     parser.add_argument("--png", type=Path, default=None, help="default: WORK/active_learning.png")
     parser.add_argument("--analyse", type=Path, default=None, help="print and plot the results in this folder")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--entropy", action="store_true", help="also run predictive entropy as a strategy")
-    parser.add_argument("--pool", type=int, default=2000, help="pool galaxies (the release minus test and initial)")
-    parser.add_argument("--test", type=int, default=500)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--strategies", nargs="+", default=list(PRESET_NAMES), choices=PRESET_NAMES,
+                        help="strategies to compare (random is the reference)")
+    parser.add_argument("--targeted-question", default="bar-dr5",
+                        help="the question the 'targeted' strategy weights 5x")
+    parser.add_argument("--pool", type=int, default=10_000, help="pool galaxies (the release minus test and initial)")
+    parser.add_argument("--test", type=int, default=1000)
     parser.add_argument("--initial", type=int, default=100)
     parser.add_argument("--top-k", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--json", type=Path, default=None, help="default: WORK/active_learning.json")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--n-blocks", default="1", help="encoder blocks unfrozen when finetuning (or 'all')")
     parser.add_argument("--pretrain-galaxies", type=int, default=1000)
@@ -289,35 +353,38 @@ def main() -> None:
     parser.add_argument("--architecture", default="resnet18")
     args = parser.parse_args()
     if args.analyse is not None:
-        analyse(args.analyse, args.png or args.analyse / "active_learning.png")
+        analyse(args.analyse, args.png or args.analyse / "active_learning.png",
+                args.json or args.analyse / "active_learning.json")
         return
 
     work = args.work or Path(tempfile.mkdtemp(prefix="active-learning-"))
     started = time.perf_counter()
     preprocessing = PreprocessingConfig.gz_decals(input_size=args.size)
     model_config = models.ModelConfig.from_preprocessing(preprocessing, architecture=args.architecture)
-    pre_release = simulate_release(work / "pretrain_release", args.pretrain_galaxies, 1, seed=1000,
-                                   labelled_fraction=1.0, workers=2)
-    pretrained = models.pretrain(pre_release, pre_release / "votes.parquet", work / "pretrained", model_config,
-                                 models.TrainingConfig(epochs=args.pretrain_epochs, batch_size=32, patience=5),
-                                 preprocessing)
-    print(f"pretrained {args.architecture} at {args.size} px on {args.pretrain_galaxies} other galaxies "
-          f"({time.perf_counter() - started:.0f} s)", flush=True)
+    pre_release = simulated(work / "pretrain_release", args.pretrain_galaxies, 1, seed=1000)
+    pretrained = work / "pretrained"
+    if (pretrained / models.CHECKPOINT_JSON).is_file():
+        print(f"reusing the pretrained model in {pretrained}", flush=True)
+    else:
+        models.pretrain(pre_release, pre_release / "votes.parquet", pretrained, model_config,
+                        models.TrainingConfig(epochs=args.pretrain_epochs, batch_size=32, patience=5), preprocessing)
+        print(f"pretrained {args.architecture} at {args.size} px on {args.pretrain_galaxies} other galaxies "
+              f"({time.perf_counter() - started:.0f} s)", flush=True)
 
     n_galaxies = args.pool + args.test + args.initial
-    release = simulate_release(work / "release", n_galaxies, max(1, n_galaxies // 1000), seed=2000,
-                               labelled_fraction=1.0, workers=2)
-    strategies = ("mutual_information", "random", *(("entropy",) if args.entropy else ()))
+    release = simulated(work / "release", n_galaxies, max(1, n_galaxies // 1000), seed=2000)
+    round_config = RoundConfig(pretrained=pretrained, model=model_config, preprocessing=preprocessing,
+                               training=models.TrainingConfig(epochs=args.epochs, batch_size=32, patience=4),
+                               n_blocks=args.n_blocks if args.n_blocks == "all" else int(args.n_blocks))
+    presets = preset_strategies(round_config.schema_name, args.targeted_question)
     config = ExperimentConfig(
-        strategies=strategies, seeds=tuple(args.seeds), n_test=args.test, n_initial=args.initial, top_k=args.top_k,
-        n_rounds=args.rounds,
-        round=RoundConfig(pretrained=pretrained, model=model_config, preprocessing=preprocessing,
-                          training=models.TrainingConfig(epochs=args.epochs, batch_size=32, patience=4),
-                          n_blocks=args.n_blocks if args.n_blocks == "all" else int(args.n_blocks)))
+        strategies=tuple(presets[name] for name in dict.fromkeys(["random", *args.strategies])),
+        seeds=tuple(args.seeds), targeted_question=args.targeted_question, n_test=args.test, n_initial=args.initial,
+        top_k=args.top_k, n_rounds=args.rounds, round=round_config)
     print(f"release: {n_galaxies} sources ({time.perf_counter() - started:.0f} s)", flush=True)
     run_experiment(release, work / "results", config, log=lambda line: print(
         f"[{time.perf_counter() - started:5.0f} s] {line}", flush=True))
-    analyse(work / "results", args.png or work / "active_learning.png")
+    analyse(work / "results", args.png or work / "active_learning.png", args.json or work / "active_learning.json")
     print(f"total {time.perf_counter() - started:.0f} s; work folder {work}")
 
 

@@ -1,23 +1,26 @@
 #!/usr/bin/env bash
-# Builds the zoobot-pipeline image with buildah (no Docker daemon needed), saves it as a docker-archive and, with
-# --sif, converts that into an Apptainer image. Re-running reuses the base image, cached layers and archives.
+# Builds a zoobot-pipeline image with buildah (no Docker daemon needed), saves it as a docker-archive and, with
+# --sif, converts that into an Apptainer image; prints the image's size and its largest layers and packages.
+# Re-running reuses the base image, cached layers and archives.
 #
-# Usage: containers/build.sh [--sif] [--push REPOSITORY]
-#   --push REPOSITORY  after building, tag the image REPOSITORY:VERSION and REPOSITORY:latest (-gpu suffixed for the
-#                      GPU variant) and push both, e.g. --push ghcr.io/zoobot-pipeline/zoobot-pipeline; log in first
-#                      with `podman login ghcr.io` (credentials stay in podman's auth file, never in this script)
+# Usage: containers/build.sh [--install-tools] [--target scoring|training] [--gpu] [--sif] [--push REGISTRY]
+#   --install-tools    install the Debian packages this needs (buildah, podman, mmdebstrap ...) where one is missing
+#   --target TARGET    scoring (default: onnxruntime, Ray Data, Prefect; no torch) or training (torch and everything)
+#   --gpu              onnxruntime-gpu instead of onnxruntime (tags end in -gpu)
+#   --sif              also the Apptainer image, made from the docker-archive
+#   --push REGISTRY    after building, tag the image REGISTRY/zoobot-pipeline-TARGET:VERSION and :latest (-gpu
+#                      suffixed for the GPU variant) and push both, e.g. --push ghcr.io/zoobot-pipeline;
+#                      log in first with `podman login ghcr.io` (credentials stay in podman's auth file)
 # Environment (all optional):
 #   BUILD_DIR          build state: container storage, archives, .sif (default ~/.cache/zoobot-pipeline-containers)
-#   IMAGE              tag to build (default localhost/zoobot-pipeline:VERSION, with -gpu for the GPU variant)
+#   IMAGE              tag to build (default localhost/zoobot-pipeline-TARGET:VERSION, -gpu suffixed for GPU)
 #   BASE               base image; by default python:3.11-slim-bookworm if it can be pulled, else a Debian bookworm
 #                      image made with mmdebstrap from DEBIAN_MIRROR (default: the Debian archive apt uses here)
-#   ONNXRUNTIME_EXTRA  scoring (onnxruntime, CPU) or gpu (onnxruntime-gpu)
 #   PIP_CA             CA bundle pip trusts inside the build, passed as a build secret (default: the system bundle)
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD_DIR=${BUILD_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/zoobot-pipeline-containers}
-ONNXRUNTIME_EXTRA=${ONNXRUNTIME_EXTRA:-scoring}
 PIP_CA=${PIP_CA:-/etc/ssl/certs/ca-certificates.crt}
 VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$REPO/pyproject.toml")
 UPSTREAM_BASE=docker.io/library/python:3.11-slim-bookworm
@@ -28,29 +31,45 @@ NICE=(nice -n 19 ionice -c3)
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'build.sh: %s\n' "$*" >&2; exit 1; }
 
+target=scoring
+onnxruntime_extra=scoring
+install_tools=0
 sif=0
 push=
 while (( $# )); do
     case $1 in
+        --target) target=${2:?--target needs scoring or training}; shift ;;
+        --gpu) onnxruntime_extra=gpu ;;
+        --install-tools) install_tools=1 ;;
         --sif) sif=1 ;;
-        --push) push=${2:?--push needs a repository, e.g. ghcr.io/zoobot-pipeline/zoobot-pipeline}; shift ;;
-        -h|--help) sed -n '2,16s/^# \{0,1\}//p' "$0"; exit 0 ;;
+        --push) push=${2:?--push needs a registry, e.g. ghcr.io/zoobot-pipeline}; shift ;;
+        -h|--help) sed -n '2,22s/^# \{0,1\}//p' "$0"; exit 0 ;;
         *) die "unknown argument '$1' (try --help)" ;;
     esac
     shift
 done
-case $ONNXRUNTIME_EXTRA in
-    scoring) suffix= ;;
-    gpu) suffix=-gpu ;;
-    *) die "ONNXRUNTIME_EXTRA must be 'scoring' or 'gpu', not '$ONNXRUNTIME_EXTRA'" ;;
-esac
-IMAGE=${IMAGE:-localhost/zoobot-pipeline:$VERSION$suffix}
-[[ ${push##*/} != *:* ]] \
-    || die "--push wants a repository without a tag (e.g. ghcr.io/zoobot-pipeline/zoobot-pipeline), not '$push'"
-for tool in buildah podman; do
-    command -v "$tool" >/dev/null \
-        || die "$tool not found: apt-get install buildah podman runc uidmap fuse-overlayfs slirp4netns mmdebstrap"
+[[ $target == scoring || $target == training ]] || die "--target must be 'scoring' or 'training', not '$target'"
+repository=zoobot-pipeline-$target
+suffix=
+if [[ $onnxruntime_extra == gpu ]]; then suffix=-gpu; fi
+IMAGE=${IMAGE:-localhost/$repository:$VERSION$suffix}
+[[ ${push##*/} != *:* ]] || die "--push wants a registry without a tag (e.g. ghcr.io/zoobot-pipeline), not '$push'"
+# The Debian packages this needs: installed all together (apt-get skips those present) when a command is missing.
+PACKAGES=(buildah podman skopeo umoci mmdebstrap runc uidmap fuse-overlayfs slirp4netns containernetworking-plugins)
+missing=()
+for tool in buildah podman mmdebstrap runc newuidmap fuse-overlayfs slirp4netns; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
 done
+if (( ${#missing[@]} )) && (( install_tools )); then
+    log "${missing[*]} not found: installing ${PACKAGES[*]}"
+    (( EUID == 0 )) || die "--install-tools needs root (apt-get install ${PACKAGES[*]})"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq "${PACKAGES[@]}" >/dev/null \
+        || { apt-get update -qq && apt-get install -y -qq "${PACKAGES[@]}" >/dev/null; } \
+        || die "apt-get could not install ${PACKAGES[*]}"
+elif (( ${#missing[@]} )); then
+    die "${missing[*]} not found: apt-get install ${PACKAGES[*]} (or run this with --install-tools as root)"
+fi
 [[ -r $PIP_CA ]] || die "PIP_CA=$PIP_CA is not readable"
 
 # Storage and engine settings for these builds only, selected by environment variables (nothing system-wide).
@@ -109,18 +128,42 @@ if [[ -z ${BASE:-} ]]; then
     fi
 fi
 
-log "building $IMAGE from $BASE (first build downloads torch and its CUDA libraries: several GB)"
+if [[ $target == training ]]; then
+    log "building $IMAGE from $BASE (a first build downloads torch and its CUDA libraries: several GB)"
+else
+    log "building $IMAGE from $BASE"
+fi
+previous=$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
 start=$SECONDS
-"${NICE[@]}" buildah bud --pull=never --layers --format docker \
+"${NICE[@]}" buildah bud --pull=never --layers --format docker --target "$target" \
     --file "$REPO/containers/Dockerfile" --ignorefile "$REPO/containers/Dockerfile.dockerignore" \
-    --build-arg BASE="$BASE" --build-arg ONNXRUNTIME_EXTRA="$ONNXRUNTIME_EXTRA" \
+    --build-arg BASE="$BASE" --build-arg ONNXRUNTIME_EXTRA="$onnxruntime_extra" \
     --secret id=pip_ca,src="$PIP_CA" \
     --tag "$IMAGE" "$REPO"
 log "built $IMAGE in $((SECONDS - start)) s"
 podman run --rm --network=none --no-healthcheck "$IMAGE" --version
+id=$(podman image inspect --format '{{.Id}}' "$IMAGE")
+# The image this tag named before: its venv layer alone is over 1 GB (the builder stages stay, as the layer cache).
+if [[ -n $previous && $previous != "$id" ]]; then
+    podman rmi "$previous" >/dev/null 2>&1 \
+        || log "kept the previous $IMAGE ($previous): another tag or container uses it"
+fi
+
+# Sizes, uncompressed: the image, its layers over 1 MB (newest first) and the largest packages in its venv.
+human() { numfmt --to=iec-i --suffix=B --round=nearest --format=%.2f "$1"; }
+size=$(podman image inspect --format '{{.Size}}' "$IMAGE")
+log "image $IMAGE: $(human "$size") uncompressed ($size bytes); layers over 1 MB:"
+podman history --format '{{.ImageHistoryLayer.Size}}	{{.CreatedBy}}' "$IMAGE" \
+    | while IFS=$'\t' read -r bytes created_by; do
+        if (( bytes >= 1000000 )); then
+            printf '    %9s  %.100s\n' "$(human "$bytes")" "${created_by#/bin/sh -c #(nop) }"
+        fi
+    done >&2
+log "largest packages in /opt/venv (MB):"
+podman run --rm --network=none --no-healthcheck --entrypoint sh "$IMAGE" -c \
+    'cd /opt/venv/lib/python3*/site-packages && du -sm -- * | sort -rn | head -n 12' | sed 's/^/    /' >&2
 
 # The archive is rewritten only when the image changed (its ID is kept beside it).
-id=$(podman image inspect --format '{{.Id}}' "$IMAGE")
 name=$(basename "${IMAGE//:/-}")
 archive=$BUILD_DIR/$name.tar
 if [[ $(cat "$archive.id" 2>/dev/null) != "$id" ]]; then
@@ -160,8 +203,9 @@ fi
 
 if [[ -n $push ]]; then
     for tag in "$VERSION$suffix" "latest$suffix"; do
-        podman tag "$IMAGE" "$push:$tag"
-        log "pushing $push:$tag"
-        "${NICE[@]}" podman push "$push:$tag"
+        podman tag "$IMAGE" "$push/$repository:$tag"
+        log "pushing $push/$repository:$tag"
+        "${NICE[@]}" podman push "$push/$repository:$tag"
     done
 fi
+

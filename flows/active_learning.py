@@ -82,7 +82,8 @@ def score_pool(cycle: Cycle) -> ScoringResult:
 
 @task(name="rank-catalogue", cache_policy=NO_CACHE)
 def rank_pool(cycle: Cycle) -> int:
-    """:meth:`Cycle.rank`: returns the number of galaxies in the cycle's queue run."""
+    """:meth:`Cycle.rank` (with the cycle's ``rank_options``): returns the number of galaxies in the cycle's queue
+    run."""
     return cycle.rank().num_rows
 
 
@@ -96,12 +97,16 @@ def active_learning_cycle(release_dir: Path, new_votes: Path, labelled_votes: Pa
                           device: str = "cpu", image_format: ImageFormat = "png",
                           project_id: int | None = None, subject_set_id: int | None = None,
                           endpoint: str = DEFAULT_ENDPOINT, dry_run: bool = True,
-                          current_package: Path | None = None) -> CycleResult | None:
+                          current_package: Path | None = None, sampling: str = "top_k", beta: float = 1.0,
+                          random_fraction: float = 0.0,
+                          exclude_answers: list[str] | None = None) -> CycleResult | None:
     """Fold ``new_votes`` into ``labelled_votes`` (Parquet), finetune ``pretrained`` on them, export, score the pool
     ``release_dir`` and queue its ``top_k`` most wanted galaxies (see the module docstring); ``None`` when there is
     no ``new_votes`` file. Training uses ``workers`` Ray Train workers (1 and no ``ray_address``: in-process), each
     with ``gpus_per_worker`` GPUs; scoring runs on Ray Data with ``use_ray`` or a ``ray_address`` (``score_workers``
-    actors, with ``gpus_per_worker`` GPUs each when ``device`` is not ``"cpu"``)."""
+    actors, with ``gpus_per_worker`` GPUs each when ``device`` is not ``"cpu"``). ``acquisition`` (or a shorthand
+    such as ``power_bald``), ``sampling``, ``beta``, ``random_fraction`` and ``exclude_answers``: as in
+    :func:`~zoobot_pipeline.active.ranking.rank_catalogue` (the defaults: top K of mutual information)."""
     logger = get_run_logger()
     if not new_votes.is_file():
         create_markdown_artifact(key="active-learning-cycle", description="active-learning-cycle: nothing to do",
@@ -113,7 +118,9 @@ def active_learning_cycle(release_dir: Path, new_votes: Path, labelled_votes: Pa
     resources = Resources(train_workers=workers, gpus_per_worker=gpus_per_worker, ray_address=ray_address,
                           use_ray=use_ray, score_workers=score_workers, device=device)
     cycle = Cycle.open(release_dir, new_votes, labelled_votes, work_dir, queue_dir, config, top_k=top_k,
-                       acquisition=acquisition, seed=seed, resources=resources)
+                       acquisition=acquisition, seed=seed, resources=resources,
+                       rank_options={"sampling": sampling, "beta": beta, "random_fraction": random_fraction,
+                                     "exclude_answers": tuple(exclude_answers or ())})
     with cycle.lock():
         n_labelled = merge_new_votes(cycle)
         checkpoint = train_model(cycle)
@@ -121,10 +128,11 @@ def active_learning_cycle(release_dir: Path, new_votes: Path, labelled_votes: Pa
         scored = score_pool(cycle)
         rank_pool(cycle)
         # under the cycle's run key rank-and-queue gets the run just made back, and adds manifest, upload, artifacts
-        queued = rank_and_queue(scored.out_dir, release_dir, queue_dir, top_k, acquisition=acquisition,
-                                exclude_votes=labelled_votes, min_votes=MIN_VOTES, schema_name=schema_name, seed=seed,
-                                run_key=cycle.key, image_format=image_format, project_id=project_id,
-                                subject_set_id=subject_set_id, endpoint=endpoint, dry_run=dry_run)
+        queued = rank_and_queue(scored.out_dir, release_dir, queue_dir, top_k, acquisition=cycle.acquisition,
+                                exclude_votes=labelled_votes, min_votes=MIN_VOTES, schema_name=schema_name,
+                                seed=cycle.draw_seed, run_key=cycle.key, image_format=image_format,
+                                project_id=project_id, subject_set_id=subject_set_id, endpoint=endpoint,
+                                dry_run=dry_run, **cycle.rank_options)
         if current_package is not None:
             switch_package(current_package, package)
     best_epoch = read_checkpoint_json(checkpoint)["metrics"]["best_epoch"]

@@ -135,12 +135,19 @@ def rank_and_queue(catalogue: Path, release_dir: Path, queue_dir: Path, top_k: i
                    per_tile_quota: int | None = None, seed: int = 0, run_key: str | None = None,
                    manifest_dir: Path | None = None, image_format: ImageFormat = "png",
                    project_id: int | None = None, subject_set_id: int | None = None,
-                   endpoint: str = DEFAULT_ENDPOINT, dry_run: bool = True) -> QueueResult:
+                   endpoint: str = DEFAULT_ENDPOINT, dry_run: bool = True, sampling: str = "top_k",
+                   beta: float = 1.0, random_fraction: float = 0.0,
+                   exclude_answers: list[str] | None = None) -> QueueResult:
     """Rank a catalogue into ``queue_dir`` (skipping galaxies queued there before and, with ``exclude_votes``, those
     with ``min_votes`` votes), write the Zooniverse manifest with one image per galaxy (default directory
-    ``QUEUE/manifests/{run_id}``) and, given a project and subject set, upload it (``dry_run`` reports only)."""
+    ``QUEUE/manifests/{run_id}``) and, given a project and subject set, upload it (``dry_run`` reports only).
+    ``sampling``/``beta`` draw the batch stochastically, ``random_fraction`` of it uniformly, and ``exclude_answers``
+    skip galaxies by the model's answers (e.g. ``["smooth-or-featured-dr5_artifact>=0.5"]``): see
+    :func:`~zoobot_pipeline.active.ranking.rank_catalogue`; the defaults rank as before (top K, nothing random)."""
     options = {"acquisition": acquisition, "weights": weights, "exclude_votes": exclude_votes,
-               "min_votes": min_votes, "schema": schema_name, "per_tile_quota": per_tile_quota, "seed": seed}
+               "min_votes": min_votes, "schema": schema_name, "per_tile_quota": per_tile_quota, "seed": seed,
+               "sampling": sampling, "beta": beta, "random_fraction": random_fraction,
+               "exclude_answers": exclude_answers or ()}
     run_file = rank_queue(catalogue, queue_dir, top_k, run_key, options)
     queue = pq.read_table(run_file)
     run_id = run_file.stem
@@ -160,9 +167,11 @@ def rank_and_queue(catalogue: Path, release_dir: Path, queue_dir: Path, top_k: i
     create_markdown_artifact(
         key=artifact_key("queue", release), description=f"rank-and-queue: queue run {run_id}",
         markdown=f"# {release}: {queue.num_rows} galaxies queued (run {run_id})\n\n"
-                 f"- acquisition: {acquisition}; read {settings['rows_read']} rows, skipped "
-                 f"{settings['skipped_flagged']} flagged, {settings['skipped_labelled']} labelled, "
-                 f"{settings['skipped_queued']} queued before\n- queue: `{run_file.resolve()}`\n"
+                 f"- acquisition: {settings['acquisition']}, sampling {settings.get('sampling', 'top_k')} (beta "
+                 f"{settings.get('beta', 1.0):g}), {settings.get('random_picks', 0)} drawn at random; read "
+                 f"{settings['rows_read']} rows, skipped {settings['skipped_flagged']} flagged, "
+                 f"{settings['skipped_labelled']} labelled, {settings['skipped_queued']} queued before, "
+                 f"{settings.get('skipped_answers', 0)} by their answers\n- queue: `{run_file.resolve()}`\n"
                  f"- manifest: `{manifest_csv.resolve()}`\n- upload: {upload_line}\n")
     publish_table(artifact_key("queue", release, "top"), rows[:QUEUE_SHOWN], _QUEUE_COLUMNS,
                   f"rank-and-queue: the first {QUEUE_SHOWN} galaxies of run {run_id}")

@@ -82,9 +82,11 @@ def watch_releases(releases_root: Path, package_dir: Path, outputs_root: Path, t
                    ray_address: str | None = None, workers: int | None = None, gpus_per_worker: float = 0.0,
                    image_format: ImageFormat = "png", project_id: int | None = None,
                    subject_set_id: int | None = None, endpoint: str = DEFAULT_ENDPOINT,
-                   dry_run: bool = True) -> list[str]:
+                   dry_run: bool = True, sampling: str = "top_k", beta: float = 1.0, random_fraction: float = 0.0,
+                   exclude_answers: list[str] | None = None) -> list[str]:
     """Score each release under ``releases_root`` not yet in the ledger with ``package_dir`` and queue its ``top_k``
-    most wanted galaxies (``score_release`` + ``rank_and_queue``); returns the releases this run finished."""
+    most wanted galaxies (``score_release`` + ``rank_and_queue``, which describes ``sampling``, ``beta``,
+    ``random_fraction`` and ``exclude_answers``); returns the releases this run finished."""
     logger = get_run_logger()
     ledger = Ledger(outputs_root)
     report: list[dict[str, Any]] = []
@@ -109,7 +111,9 @@ def watch_releases(releases_root: Path, package_dir: Path, outputs_root: Path, t
                                         exclude_votes=exclude_votes, min_votes=min_votes,
                                         per_tile_quota=per_tile_quota, seed=seed, run_key=name,
                                         image_format=image_format, project_id=project_id,
-                                        subject_set_id=subject_set_id, endpoint=endpoint, dry_run=dry_run)
+                                        subject_set_id=subject_set_id, endpoint=endpoint, dry_run=dry_run,
+                                        sampling=sampling, beta=beta, random_fraction=random_fraction,
+                                        exclude_answers=exclude_answers)
             except Exception as err:  # one bad release must not stop the others; the run fails at the end
                 logger.error("release %s failed: %r", name, err)
                 report.append({"release": name, "status": "failed", "detail": f"{type(err).__name__}: {err}"})

@@ -6,6 +6,7 @@ about, the test NLL and accuracy match an independent computation, and the resul
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -13,8 +14,17 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import torch
+from scipy import stats
 
-from benchmarks.al_experiment import RESULT_COLUMNS, ExperimentConfig, reveal_votes, run_experiment
+from benchmarks.al_experiment import (
+    ExperimentConfig,
+    Strategy,
+    preset_strategies,
+    result_columns,
+    reveal_votes,
+    run_experiment,
+)
+from benchmarks.al_summary import labels_needed, summarise
 from zoobot_pipeline.active.acquisition import mutual_information
 from zoobot_pipeline.catalogue import read_catalogue
 from zoobot_pipeline.cycle import RoundConfig
@@ -42,8 +52,10 @@ def experiment(tmp_path_factory):
     round_config = RoundConfig(
         model=ModelConfig.from_preprocessing(preprocessing, architecture="test_resnet"), preprocessing=preprocessing,
         training=TrainingConfig(epochs=1, batch_size=8, augmentation=None), mc_samples=3)
-    config = ExperimentConfig(strategies=("mutual_information", "random"), seeds=(4,), n_test=N_TEST,
-                              n_initial=N_INITIAL, top_k=TOP_K, n_rounds=N_ROUNDS, keep_models=True, round=round_config)
+    presets = preset_strategies(SCHEMA.name, "bar-dr5")
+    config = ExperimentConfig(strategies=(presets["topk_bald"], presets["random"], presets["power_bald_curated"]),
+                              seeds=(4,), n_test=N_TEST, n_initial=N_INITIAL, top_k=TOP_K, n_rounds=N_ROUNDS,
+                              keep_models=True, round=round_config, targeted_question="bar-dr5")
     lines: list[str] = []
     results = run_experiment(release, root / "out", config, log=lines.append)
     return release, root / "out", config, results, lines
@@ -51,17 +63,17 @@ def experiment(tmp_path_factory):
 
 def test_rounds_run_and_the_labelled_set_grows_by_k(experiment):
     _, out, config, results, lines = experiment
-    assert results.column_names == list(RESULT_COLUMNS)
+    assert results.column_names == result_columns(SCHEMA)
     rows = results.to_pylist()
     assert [(r["strategy"], r["round"]) for r in rows] == [
-        (s, r) for s in config.strategies for r in range(N_ROUNDS + 1)]
+        (s.name, r) for s in config.strategies for r in range(N_ROUNDS + 1)]
     for row in rows:
         assert row["n_labelled"] == N_INITIAL + TOP_K * row["round"]
         assert np.isfinite(row["test_nll"]) and row["test_nll"] > 0 and 0 <= row["accuracy"] <= 1
     assert len(lines) == 1 + len(config.strategies) * N_ROUNDS
-    # both strategies start from the one round-0 model
-    start = [r for r in rows if r["round"] == 0]
-    assert start[0] | {"strategy": None} == start[1] | {"strategy": None}
+    # every strategy starts from the one round-0 model
+    start = [r | {"strategy": None} for r in rows if r["round"] == 0]
+    assert start[0] == start[1] == start[2]
 
 
 def test_results_files_read_back(experiment):
@@ -82,7 +94,7 @@ def test_nothing_acquired_twice_and_test_galaxies_never(experiment):
     assert len(initial) == N_INITIAL and len(test) == N_TEST
     acquired = pq.read_table(out / "acquired.parquet")
     oracle = read_votes(release / "votes.parquet", SCHEMA)
-    for strategy in config.strategies:
+    for strategy in (s.name for s in config.strategies):
         picked = acquired.filter(pc.equal(acquired["strategy"], strategy))["id_str"].to_pylist()
         assert len(set(picked)) == len(picked) == N_ROUNDS * TOP_K
         assert not set(picked) & (initial | test)
@@ -106,7 +118,7 @@ def test_mutual_information_takes_the_most_uncertain_eligible_galaxies(experimen
     scores = mutual_information(eligible)
     expected = set(np.asarray(eligible["id_str"].to_pylist())[np.argsort(-scores, kind="stable")[:TOP_K]])
     acquired = pq.read_table(out / "acquired.parquet")
-    first = acquired.filter(pc.and_(pc.equal(acquired["strategy"], "mutual_information"),
+    first = acquired.filter(pc.and_(pc.equal(acquired["strategy"], "topk_bald"),
                                     pc.equal(acquired["round"], 1)))
     assert set(first["id_str"].to_pylist()) == expected
     random_first = acquired.filter(pc.and_(pc.equal(acquired["strategy"], "random"), pc.equal(acquired["round"], 1)))
@@ -121,8 +133,10 @@ def test_reveal_votes_refuses_a_galaxy_without_votes(tmp_path, experiment):
 
 
 def test_config_refuses_unknown_strategies_and_questions():
-    with pytest.raises(ValueError, match="strategies"):
-        ExperimentConfig(strategies=("mutual_information", "bald"))
+    with pytest.raises(ValueError, match="unknown acquisition 'bald'"):
+        ExperimentConfig(strategies=(Strategy(name="bald", acquisition="bald"),))
+    with pytest.raises(ValueError, match="distinct names"):
+        ExperimentConfig(strategies=(Strategy(name="a"), Strategy(name="a", sampling="power")))
     with pytest.raises(ValueError, match="no question"):
         ExperimentConfig(question="is-it-a-cat")
 
@@ -131,7 +145,7 @@ def test_test_metrics_match_an_independent_computation(experiment):
     release, out, config, results, _ = experiment
     seed_dir = out / "seed_4"
     test_ids = ids_of(seed_dir / "known_votes.parquet") - ids_of(seed_dir / "initial.parquet")
-    catalogue = read_catalogue(seed_dir / "mutual_information" / "round_1" / "catalogue").to_pandas()
+    catalogue = read_catalogue(seed_dir / "topk_bald" / "round_1" / "catalogue").to_pandas()
     catalogue = catalogue[catalogue["id_str"].isin(test_ids) & catalogue["flag"].isna()].sort_values("id_str")
     votes = pq.read_table(release / "votes.parquet").to_pandas().set_index("id_str").loc[catalogue["id_str"]]
     truth = pq.read_table(release / "truth.parquet").to_pandas().set_index("id_str").loc[catalogue["id_str"]]
@@ -143,7 +157,98 @@ def test_test_metrics_match_an_independent_computation(experiment):
     predicted = catalogue[[f"{c}_fraction" for c in answers]].to_numpy()
     accuracy = (predicted[clear].argmax(axis=1) == true_p[clear].argmax(axis=1)).mean()
 
-    row = next(r for r in results.to_pylist() if r["strategy"] == "mutual_information" and r["round"] == 1)
+    row = next(r for r in results.to_pylist() if r["strategy"] == "topk_bald" and r["round"] == 1)
     assert row["n_test"] == len(nll) and row["n_clear"] == clear.sum()
     assert row["test_nll"] == pytest.approx(nll.mean(), rel=1e-9)
     assert row["accuracy"] == pytest.approx(accuracy)
+    for question in SCHEMA.questions:
+        assert row[f"nll_{question.name}"] == pytest.approx(
+            dirichlet_multinomial_nll(votes[SCHEMA.label_cols].to_numpy(), concentrations, SCHEMA)[:, question.index]
+            .mean(), rel=1e-9)
+
+
+def test_the_curated_strategy_mixes_in_random_galaxies_and_skips_what_the_model_calls_artefacts(experiment):
+    _, out, _, _, _ = experiment
+    acquired = pq.read_table(out / "acquired.parquet").to_pandas()
+    curated = acquired[acquired["strategy"] == "power_bald_curated"]
+    for round_ in range(1, N_ROUNDS + 1):
+        picked_by = curated[curated["round"] == round_]["picked_by"].value_counts().to_dict()
+        assert picked_by == {"acquisition": TOP_K - round(0.2 * TOP_K), "random": round(0.2 * TOP_K)}
+    start = read_catalogue(out / "seed_4" / "round_0" / "catalogue").to_pandas().set_index("id_str")
+    first = curated[curated["round"] == 1]["id_str"]
+    assert (start.loc[first, "smooth-or-featured-dr5_artifact_fraction"] < 0.5).all()
+    # the first stochastic batch differs from top-K's on the same catalogue
+    top_k = acquired[(acquired["strategy"] == "topk_bald") & (acquired["round"] == 1)]["id_str"]
+    assert set(first) != set(top_k)
+
+
+def test_labels_needed_interpolates_and_extrapolates_a_curve():
+    labels = np.array([100.0, 200.0, 300.0])
+    assert labels_needed(labels, np.array([10.0, 8.0, 6.0]), 7.0) == (250.0, False)
+    assert labels_needed(labels, np.array([6.0, 5.0, 4.0]), 7.0) == (100.0, False)
+    # never reached: along the last segment (slope -0.005 per label), at most twice the budget
+    assert labels_needed(labels, np.array([10.0, 9.5, 9.0]), 8.8) == (pytest.approx(340.0), True)
+    assert labels_needed(labels, np.array([10.0, 9.5, 9.0]), 7.0) == (600.0, True)
+    assert labels_needed(labels, np.array([10.0, 9.5, 9.6]), 7.0) == (600.0, True)
+
+
+def test_summary_matches_an_independent_computation_of_labels_saved():
+    rng = np.random.default_rng(3)
+    labels = [100, 200, 300, 400]
+    questions = ["q1", "q2"]
+    rows = []
+    for seed in range(4):
+        offsets = {"random": [0.0, -1.0, -2.0, -3.0], "better": [0.0, -1.5, -2.6, -3.6]}
+        for strategy, curve in offsets.items():
+            noise = rng.normal(0, 0.05, 4) * (strategy != "random")
+            for round_, n in enumerate(labels):
+                value = 10.0 + curve[round_] + noise[round_] * (round_ > 0)
+                rows.append({"seed": seed, "strategy": strategy, "round": round_, "n_labelled": n,
+                             "test_nll": value, "nll_q1": value / 2, "nll_q2": value / 2 + 1.0})
+    summary = summarise(rows, ["random", "better"], questions, n_rounds=3, default_strategy="better")
+    saved = []
+    for seed in range(4):
+        mine = sorted((r for r in rows if r["seed"] == seed and r["strategy"] == "better"), key=lambda r: r["round"])
+        target = next(r["test_nll"] for r in rows
+                      if r["seed"] == seed and r["strategy"] == "random" and r["round"] == 3)
+        values = np.array([r["test_nll"] for r in mine])
+        needed = np.interp(-target, -values, labels)  # the curve falls monotonically here
+        saved.append(100 * (1 - needed / 400))
+    entry = summary["strategies"]["better"]
+    assert entry["labels_saved_vs_random_pct"]["value"] == pytest.approx(np.mean(saved), abs=0.01)
+    half = stats.t.ppf(0.975, 3) * np.std(saved, ddof=1) / 2
+    assert entry["labels_saved_vs_random_pct"]["ci95"] == pytest.approx(
+        [np.mean(saved) - half, np.mean(saved) + half], abs=0.01)
+    # halving the NLL and shifting it leaves the labels needed as they are, question by question
+    for question in questions:
+        assert entry["per_question"][question]["labels_saved_vs_random_pct"]["value"] == pytest.approx(
+            np.mean(saved), abs=0.01)
+    assert entry["never_worse_than_random"] and summary["seeds"] == [0, 1, 2, 3]
+    assert summary["budgets"] == labels and summary["default_strategy"] == "better"
+    with pytest.raises(ValueError, match="random"):
+        summarise(rows, ["better"], questions, n_rounds=3, default_strategy="better")
+
+
+def test_a_rerun_resumes_keeping_finished_curves_and_redoing_one_cut_short(experiment, tmp_path):
+    release, out, config, results, _ = experiment
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    lines: list[str] = []
+    assert run_experiment(release, copy, config, log=lines.append).equals(results)
+    assert lines == ["seed 4 round 0: measured before (power_bald_curated, random, topk_bald finished)"]
+    # cut power_bald_curated short after its first round: its rounds start again, the others stay as they were
+    rows = [r for r in results.to_pylist() if not (r["strategy"] == "power_bald_curated" and r["round"] == N_ROUNDS)]
+    pq.write_table(pa.Table.from_pylist(rows, schema=results.schema), copy / "results.parquet")
+    lines.clear()
+    again = run_experiment(release, copy, config, log=lines.append).to_pylist()
+    assert [line.split(":")[0] for line in lines] == [
+        "seed 4 round 0", *(f"seed 4 power_bald_curated round {r}" for r in range(1, N_ROUNDS + 1))]
+    kept = [r for r in again if r["strategy"] != "power_bald_curated"]
+    assert kept == [r for r in results.to_pylist() if r["strategy"] != "power_bald_curated"]
+    assert sorted((r["strategy"], r["round"]) for r in again) == sorted(
+        (r["strategy"], r["round"]) for r in results.to_pylist())
+    acquired = pq.read_table(copy / "acquired.parquet").to_pandas()
+    assert len(acquired) == len(config.strategies) * N_ROUNDS * TOP_K
+    other = config.model_copy(update={"top_k": TOP_K + 1})
+    with pytest.raises(ValueError, match="another experiment"):
+        run_experiment(release, copy, other)

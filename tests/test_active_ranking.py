@@ -167,7 +167,8 @@ def test_random_acquisition_depends_only_on_seed_and_id():
 
 def test_acquisition_functions_are_a_registry_users_can_extend(tmp_path, monkeypatch):
     monkeypatch.setattr(acq, "_REGISTRY", dict(acq._REGISTRY))  # registrations of this test end with it
-    assert acq.available_acquisitions() == acq.ACQUISITION_FUNCTIONS == ("mutual_information", "entropy", "random")
+    assert acq.available_acquisitions() == acq.ACQUISITION_FUNCTIONS == (
+        "mutual_information", "entropy", "random", "class_mutual_information", "predictive_std")
     frame = write_catalogue(tmp_path / "cat", n_files=2, rows=30)
     column = "bar-dr5_strong_fraction"
 
@@ -206,7 +207,8 @@ def test_acquisition_functions_are_a_registry_users_can_extend(tmp_path, monkeyp
     for call in (lambda: rank_catalogue(tmp_path / "cat", 3, acquisition="bald"),
                  lambda: acq.required_columns("bald", QUESTIONS)):
         with pytest.raises(UnknownNameError, match="unknown acquisition function 'bald'; use one of "
-                                                   "mutual_information, entropy, random, strong_bars") as err:
+                                                   "mutual_information, entropy, random, class_mutual_information, "
+                                                   "predictive_std, strong_bars") as err:
             call()
         assert isinstance(err.value, KeyError)
     table = catalogue_table(["a", "b"], ["t", "t"], seed=4).drop_columns(["bar-dr5_entropy"])
@@ -223,8 +225,8 @@ def test_bounded_selection_holds_at_most_k_rows_and_equals_greedy():
         best = _Best(25, quota)
         for start in range(0, 3000, 97):
             part = slice(start, start + 97)
-            best.offer({"score": scores[part], "id_str": ids[part], "group": groups[part]})
-            assert len(best.rows["score"]) <= 25
+            best.offer({"key": scores[part], "id_str": ids[part], "group": groups[part]})
+            assert len(best.rows["key"]) <= 25
         frame = pd.DataFrame({"id_str": ids, "score": scores, "group": groups})
         ranked = frame.sort_values(["score", "id_str"], ascending=[False, True]).reset_index(drop=True)
         expected = greedy_with_quota(ranked, ranked["group"], quota or 3000, 25)

@@ -136,6 +136,7 @@ def test_pretrain_then_finetune_from_the_command_line(tmp_path):
 
 def test_choices_are_the_library_lists():
     from zoobot_pipeline.active.acquisition import available_acquisitions
+    from zoobot_pipeline.active.batch_sampling import SAMPLINGS, STRATEGY_SHORTHANDS
     from zoobot_pipeline.data.render import IMAGE_FORMATS
     from zoobot_pipeline.models import FINETUNE_TASKS
     from zoobot_pipeline.runtime.devices import DEVICES
@@ -146,13 +147,14 @@ def test_choices_are_the_library_lists():
         ("score", "--variant"): PRECISION_VARIANTS,
         ("export", "--variant"): tuple(v for v in PRECISION_VARIANTS if v != "fp32"),
         ("finetune", "--task"): FINETUNE_TASKS,
-        ("rank", "--acquisition"): available_acquisitions(),
+        ("rank", "--acquisition"): (*available_acquisitions(), *STRATEGY_SHORTHANDS),
+        ("rank", "--sampling"): SAMPLINGS,
         ("render", "--format"): IMAGE_FORMATS,
         ("queue manifest", "--format"): IMAGE_FORMATS,
     }
     for (command, option), values in expected.items():
-        shown = runner.invoke(app, [*command.split(), "--help"], env={"COLUMNS": "200"})
-        listed = next(line for line in shown.output.splitlines() if f" {option} " in line)
+        shown = runner.invoke(app, [*command.split(), "--help"], env={"COLUMNS": "400"})
+        listed = next(line for line in shown.output.splitlines() if line.lstrip("│ *").startswith(f"{option} "))
         assert "|".join(values) in listed, (command, option, listed)
         refused = runner.invoke(app, [*command.split(), option, "no-such-choice"])
         assert refused.exit_code == 2 and "no-such-choice" in refused.output, (command, option, refused.output)

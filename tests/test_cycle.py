@@ -14,12 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from zoobot_pipeline.active.ranking import RUNS_DIR
+from zoobot_pipeline.active.ranking import RUNS_DIR, rank_settings
 from zoobot_pipeline.active.votes_merge import MERGED_KEY
 from zoobot_pipeline.catalogue import part_files, read_catalogue
 from zoobot_pipeline.cycle import LOCK_FILE, RoundConfig, run_cycle
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
 from zoobot_pipeline.data.synthetic.simulate import simulate_release
+from zoobot_pipeline.errors import ZoobotPipelineError
 from zoobot_pipeline.io import file_lock, write_parquet_atomic
 from zoobot_pipeline.models import CHECKPOINT_JSON, ModelConfig, TrainingConfig, read_checkpoint_json
 from zoobot_pipeline.runtime.package import MODEL_JSON, ModelPackage
@@ -54,9 +55,9 @@ def cycles(tmp_path_factory):
     week1 = write_parquet_atomic(votes.slice(N_LABELLED, N_NEW), root / "incoming" / "votes-week1.parquet")
     work, queue = root / "work", root / "queue"
 
-    def cycle(new_votes: Path):
+    def cycle(new_votes: Path, **options):
         return run_cycle(release, new_votes, labelled, work, queue, CONFIG, top_k=TOP_K, seed=3,
-                         current_package=root / "current-package")
+                         current_package=root / "current-package", **options)
 
     first = cycle(week1)
     after_first = {"labelled": labelled.read_bytes(), "files": made(first.cycle_dir),
@@ -67,7 +68,7 @@ def cycles(tmp_path_factory):
     unseen = votes.filter(pc.invert(pc.is_in(votes["id_str"], value_set=pa.array(
         sorted(ids(pq.read_table(labelled)) | ids(first.queue)))))).slice(0, N_NEW)
     week2 = write_parquet_atomic(unseen, root / "incoming" / "votes-week2.parquet")
-    second = cycle(week2)
+    second = cycle(week2, acquisition="power_bald", rank_options={"random_fraction": 0.5})
     return {"root": root, "release": release, "labelled": labelled, "queue": queue, "weeks": (week1, week2),
             "first": first, "after_first": after_first, "again": again, "after_again": after_again,
             "second": second}
@@ -110,6 +111,26 @@ def test_a_new_votes_file_makes_a_new_cycle_that_never_queues_a_galaxy_again(cyc
     runs = sorted((cycles["queue"] / RUNS_DIR).iterdir())
     assert len(runs) == 2 and runs[0] == cycles["after_first"]["runs"][0]
     assert (cycles["root"] / "current-package").resolve() == second.package.resolve()
+
+
+def test_each_cycle_draws_afresh_with_its_rank_options(cycles):
+    first, second = cycles["first"], cycles["second"]
+    settings = [rank_settings(cycle.queue) for cycle in (first, second)]
+    assert [s["sampling"] for s in settings] == ["top_k", "power"]
+    assert settings[1]["random_fraction"] == 0.5 and settings[1]["random_picks"] == round(0.5 * TOP_K)
+    assert second.queue["picked_by"].to_pylist().count("random") == round(0.5 * TOP_K)
+    # the draws' seed: the cycle's seed plus its votes file's hash, so each week draws afresh
+    for week, s in zip(cycles["weeks"], settings, strict=True):
+        assert s["seed"] == 3 + int(hashlib.sha256(week.read_bytes()).hexdigest()[:8], 16)
+
+
+def test_bad_rank_options_are_refused_before_anything_runs(cycles, tmp_path):
+    for options, message in (({"beta": 0}, "beta must be"), ({"random_fraction": 1.0}, "random fraction"),
+                             ({"temperature": 2}, "unknown rank option")):
+        with pytest.raises(ZoobotPipelineError, match=message):
+            run_cycle(cycles["release"], cycles["weeks"][0], cycles["labelled"], tmp_path / "work", cycles["queue"],
+                      CONFIG, rank_options=options)
+    assert not (tmp_path / "work").exists()
 
 
 def test_a_second_cycle_at_once_is_refused_before_it_touches_anything(cycles, tmp_path):

@@ -1,6 +1,7 @@
-"""deploy/: ``prefect.yaml`` (entrypoints, parameters, schedules, job variables, and ``prefect deploy --all`` against a
-real local Prefect server), the KubeRay manifests (against the ray.io/v1 CRD fields) and the Slurm batch script
-(``bash -n``, ``#SBATCH`` directives, and a run with stand-ins for srun, scontrol and apptainer)."""
+"""deploy/: ``prefect.yaml`` (entrypoints, parameters, schedules, job variables, the image each container runs, and
+``prefect deploy --all`` against a real local Prefect server), the KubeRay manifests (against the ray.io/v1 CRD
+fields) and the Slurm batch script (``bash -n``, ``#SBATCH`` directives, and a run with stand-ins for srun, scontrol
+and apptainer). ``test_deployments_fire.py`` runs the deployments with a real worker."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,9 @@ from flows.__main__ import FLOWS
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
-IMAGE = "ghcr.io/zoobot-pipeline/zoobot-pipeline:latest"
+SCORING_IMAGE = "ghcr.io/zoobot-pipeline/zoobot-pipeline-scoring:latest"  # no torch: see deploy/README.md
+TRAINING_IMAGE = "ghcr.io/zoobot-pipeline/zoobot-pipeline-training:latest"
+SCORING_FLOWS = {"watch_releases", "score_release", "rank_and_queue"}  # the rest train or export: torch
 POOL_TYPES = {"zoobot-process": "process", "zoobot-docker": "docker", "zoobot-kubernetes": "kubernetes"}
 K8S_TEMPLATE = DEPLOY / "kubernetes" / "prefect-job-template.json"
 PERIODS = {"watch_releases": timedelta(hours=1), "active_learning_cycle": timedelta(days=7)}
@@ -48,6 +53,11 @@ def _deployments() -> list[dict[str, Any]]:
 
 def _flow(entrypoint: str) -> Any:
     return load_flow_from_entrypoint(str(REPO / entrypoint))
+
+
+def _image_of(deployment: dict[str, Any]) -> str:
+    """The image a containerised deployment must run: the scoring image for scoring flows, else the training one."""
+    return SCORING_IMAGE if deployment["entrypoint"].split(":")[1] in SCORING_FLOWS else TRAINING_IMAGE
 
 
 def test_prefect_yaml_is_valid_and_every_entrypoint_imports_with_parameters_that_fit(monkeypatch):
@@ -81,23 +91,46 @@ def test_schedules_parse_and_fire_hourly_for_the_watcher_and_weekly_for_active_l
         assert deployment.get("concurrency_limit") == 1
 
 
+def test_containers_run_the_scoring_image_for_scoring_flows_and_the_training_image_for_the_others():
+    containerised = [d for d in _deployments() if POOL_TYPES[d["work_pool"]["name"]] != "process"]
+    docker = {d["entrypoint"].split(":")[1] for d in containerised if d["work_pool"]["name"] == "zoobot-docker"}
+    assert docker == set(FLOWS)  # every flow can run on the docker pool, each in its image
+    for deployment in containerised:
+        assert deployment["work_pool"]["job_variables"]["image"] == _image_of(deployment), deployment["name"]
+    template = json.loads(K8S_TEMPLATE.read_text())
+    assert template["variables"]["properties"]["image"]["default"] == SCORING_IMAGE
+    # the scoring image has no torch, timm or TensorFlow: the scoring flows load without them
+    entrypoints = sorted({str(REPO / d["entrypoint"]) for d in containerised if _image_of(d) == SCORING_IMAGE})
+    assert len(entrypoints) == len(SCORING_FLOWS)
+    code = ("import sys\nfrom prefect.flows import load_flow_from_entrypoint\n"
+            "flows = [load_flow_from_entrypoint(e).name for e in sys.argv[1:]]\n"
+            "print(sorted(flows), sorted(m for m in ('torch', 'timm', 'tensorflow') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code, *entrypoints], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PREFECT_LOGGING_LEVEL": "ERROR"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    names = sorted(f.replace("_", "-") for f in SCORING_FLOWS)
+    assert done.stdout.strip().splitlines()[-1] == f"{names} []"
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory) -> dict[str, str]:
-    """``prefect server start`` on a free port with its own PREFECT_HOME; yields the environment to reach it."""
-    home = tmp_path_factory.mktemp("prefect-server-home")
+@contextmanager
+def prefect_server_process(home: Path, services: bool = False, **settings: str) -> Iterator[dict[str, str]]:
+    """``prefect server start`` on a free port with PREFECT_HOME ``home`` (SQLite there), its background services
+    (scheduler, ...) only if ``services``, and extra ``settings`` (environment variables); yields the environment to
+    reach it (PREFECT_API_URL, no other PREFECT_* variable of this process)."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", RAY_AUTH_MODE="disabled",
-               PYTHONPATH=str(REPO))
+               PYTHONPATH=str(REPO), **settings)
     log = open(home / "server.log", "w")  # noqa: SIM115 (closed after the server stops)
     server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
-                               str(port), "--no-services"], env=env, stdout=log, stderr=subprocess.STDOUT)
+                               str(port), *([] if services else ["--no-services"])], env=env, stdout=log,
+                              stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/api"
     try:
         deadline = time.monotonic() + 120
@@ -114,6 +147,13 @@ def prefect_server(tmp_path_factory) -> dict[str, str]:
         server.terminate()
         server.wait(timeout=30)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """A local Prefect server without services for the module; yields the environment to reach it."""
+    with prefect_server_process(tmp_path_factory.mktemp("prefect-server-home")) as env:
+        yield env
 
 
 def _prefect(env: dict[str, str], *args: str) -> str:
@@ -153,6 +193,7 @@ def test_prefect_deploy_all_creates_every_deployment_on_a_local_server(prefect_s
         if POOL_TYPES[spec["work_pool"]["name"]] != "process":  # images keep the project in /opt/zoobot-pipeline
             assert deployment["pull_steps"] == [{"prefect.deployments.steps.set_working_directory": {
                 "directory": "/opt/zoobot-pipeline"}}]
+            assert deployment["job_variables"]["image"] == _image_of(spec), spec["name"]
     job = pools["zoobot-kubernetes"]["base_job_template"]["job_configuration"]["job_manifest"]["spec"]["template"]
     assert job["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "{{ data_claim }}"
     _check_security_context(job["spec"]["securityContext"], "prefect job template")
@@ -203,7 +244,8 @@ def _check_security_context(context: dict[str, Any], where: str) -> None:
     assert context.get("fsGroup", gid) == gid, where
 
 
-def _check_pod_template(template: dict[str, Any], where: str) -> None:
+def _check_pod_template(template: dict[str, Any], image: str, where: str) -> None:
+    """A pod template that runs ``image``'s repository (any tag: ``latest-gpu`` too) as the image's user."""
     spec = template["spec"]
     assert set(spec) <= POD_SPEC, f"{where}: {set(spec) - POD_SPEC}"
     _check_security_context(spec["securityContext"], where)
@@ -211,7 +253,7 @@ def _check_pod_template(template: dict[str, Any], where: str) -> None:
     for container in spec["containers"]:
         assert set(container) <= CONTAINER, f"{where}: {set(container) - CONTAINER}"
         assert DNS_LABEL.match(container["name"]), where
-        assert container["image"].startswith(IMAGE.split(":")[0] + ":"), where
+        assert container["image"].rsplit(":", 1)[0] == image.rsplit(":", 1)[0], where
         for kind in ("requests", "limits"):
             assert all(QUANTITY.match(str(q)) for q in container["resources"][kind].values()), where
         assert container["securityContext"]["allowPrivilegeEscalation"] is False, where
@@ -220,7 +262,7 @@ def _check_pod_template(template: dict[str, Any], where: str) -> None:
         assert not mounts or {"name": "data", "mountPath": "/data/zoobot"} in mounts, where
 
 
-def _check_cluster_spec(spec: dict[str, Any], where: str) -> None:
+def _check_cluster_spec(spec: dict[str, Any], image: str, where: str) -> None:
     assert set(spec) <= RAYCLUSTER_SPEC, f"{where}: {set(spec) - RAYCLUSTER_SPEC}"
     pinned = re.search(r"^ray==(\S+)$", (REPO / "requirements" / "constraints.txt").read_text(), re.M).group(1)
     assert spec["rayVersion"] == pinned, where
@@ -230,7 +272,7 @@ def _check_cluster_spec(spec: dict[str, Any], where: str) -> None:
     groups = [("head", head), *((g["groupName"], g) for g in spec["workerGroupSpecs"])]
     for name, group in groups:
         assert all(isinstance(v, str) for v in group["rayStartParams"].values()), f"{where}/{name}: strings only"
-        _check_pod_template(group["template"], f"{where}/{name}")
+        _check_pod_template(group["template"], image, f"{where}/{name}")
     for group in spec["workerGroupSpecs"]:
         assert set(group) <= WORKER_GROUP, f"{where}: {set(group) - WORKER_GROUP}"
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"], where
@@ -238,10 +280,10 @@ def _check_cluster_spec(spec: dict[str, Any], where: str) -> None:
     assert {6379, 8265, 10001} <= ports, where
 
 
-def test_kuberay_raycluster_and_rayjob_use_crd_fields_the_project_image_and_the_shared_volume(monkeypatch):
+def test_kuberay_raycluster_and_rayjob_use_crd_fields_the_project_images_and_the_shared_volume(monkeypatch):
     cluster = yaml.safe_load((DEPLOY / "kuberay" / "raycluster.yaml").read_text())
     assert (cluster["apiVersion"], cluster["kind"]) == ("ray.io/v1", "RayCluster")
-    _check_cluster_spec(cluster["spec"], "raycluster")
+    _check_cluster_spec(cluster["spec"], TRAINING_IMAGE, "raycluster")  # it runs the learning cycle's Ray Train too
     k8s = [d for d in _deployments() if d["work_pool"]["name"] == "zoobot-kubernetes"]
     service = f"{cluster['metadata']['name']}-head-svc.{cluster['metadata']['namespace']}.svc.cluster.local:10001"
     assert {d["parameters"]["ray_address"] for d in k8s} == {f"ray://{service}"}
@@ -250,8 +292,8 @@ def test_kuberay_raycluster_and_rayjob_use_crd_fields_the_project_image_and_the_
     assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
     assert set(job["spec"]) <= RAYJOB_SPEC, set(job["spec"]) - RAYJOB_SPEC
     assert job["spec"]["submissionMode"] in {"K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"}
-    _check_cluster_spec(job["spec"]["rayClusterSpec"], "rayjob")
-    _check_pod_template(job["spec"]["submitterPodTemplate"], "rayjob/submitter")
+    _check_cluster_spec(job["spec"]["rayClusterSpec"], SCORING_IMAGE, "rayjob")  # it runs the watcher only
+    _check_pod_template(job["spec"]["submitterPodTemplate"], SCORING_IMAGE, "rayjob/submitter")
     argv = shlex.split(job["spec"]["entrypoint"])
     assert argv[:4] == ["python", "-m", "flows", "watch_releases"] and argv[4] == "--params"
     parameters = json.loads(argv[5])
@@ -290,7 +332,7 @@ STUBS = {
     "srun": 'node=; while [ "${1#-}" != "$1" ]; do if [ "$1" = -w ]; then node=$2; shift; fi; shift; done\n'
             'echo "srun[$node] $*" >> "$STUB_LOG"; STUB_NODE=$node exec "$@"',
     "apptainer": 'echo "apptainer[${STUB_NODE:-batch}] $*" >> "$STUB_LOG"\n'
-                 'while [ "$1" != "$ZOOBOT_IMAGE" ]; do shift; done; shift\n'
+                 'while [ $# -gt 0 ] && [ "${1%.sif}" = "$1" ]; do shift; done; shift\n'
                  'case "$*" in\n'
                  '  "ray start"*) exec sleep 60 ;;\n'
                  '  "python -c"*) grep -c "^apptainer.* ray start " "$STUB_LOG" ;;\n'  # nodes alive = Ray nodes started
@@ -308,7 +350,7 @@ def test_slurm_script_starts_ray_on_every_node_in_the_image_and_runs_the_flow_ag
     params = DEPLOY / "slurm" / "watch-releases.yaml"
     env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(tmp_path), "STUB_LOG": str(log),
            "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "n[1-3]", "SLURM_CPUS_PER_TASK": "8",
-           "ZOOBOT_IMAGE": "/images/zoobot.sif", "PREFECT_API_URL": "http://prefect:4200/api"}
+           "PREFECT_API_URL": "http://prefect:4200/api"}  # no ZOOBOT_IMAGE: the watcher's default, scoring
     start = time.monotonic()
     subprocess.run(["bash", str(SLURM_SCRIPT), "watch_releases", str(params)], env=env, check=True, timeout=60,
                    capture_output=True)
@@ -316,7 +358,7 @@ def test_slurm_script_starts_ray_on_every_node_in_the_image_and_runs_the_flow_ag
     calls = log.read_text().splitlines()
     container = ("apptainer[{}] exec --cleanenv --env RAY_AUTH_MODE=disabled,PYTHONPATH=/opt/zoobot-pipeline,"
                  f"PREFECT_API_URL=http://prefect:4200/api --bind /data/zoobot --bind {params.parent} "
-                 "--pwd /opt/zoobot-pipeline /images/zoobot.sif ")
+                 f"--pwd /opt/zoobot-pipeline {tmp_path}/images/zoobot-pipeline-scoring.sif ")
     assert container.format("n1") + ("ray start --head --block --node-ip-address=10.1.2.3 --port=6379 "
                                       "--temp-dir=/tmp/ray-4242 --num-cpus=8 --num-gpus=0 "
                                       "--include-dashboard=false") in calls

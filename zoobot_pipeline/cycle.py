@@ -24,17 +24,18 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from zoobot_pipeline.active.acquisition import get_acquisition
+from zoobot_pipeline.active.batch_sampling import TOP_K, check_beta, check_random_fraction, resolve_strategy
 from zoobot_pipeline.active.ranking import rank_catalogue
 from zoobot_pipeline.active.votes_merge import MERGED_KEY, merge_votes
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
@@ -59,6 +60,8 @@ __all__ = [
 
 LOCK_FILE = ".cycle.lock"
 MIN_VOTES = 1
+RANK_OPTIONS = ("sampling", "beta", "random_fraction", "exclude_answers")
+"""The :func:`~zoobot_pipeline.active.ranking.rank_catalogue` options a cycle passes through (``rank_options``)."""
 """A galaxy with this many votes (on the tree's first question) in the labelled set is never queued."""
 
 
@@ -179,8 +182,12 @@ class CycleReport:
 class Cycle:
     """One cycle's inputs, settings and paths (see the module docstring); :meth:`open` makes one from a votes file.
 
-    ``seed`` seeds the export's checks, the MC-dropout masks and random acquisition; the training's seed is
-    ``config.training.seed``. Every step method is idempotent; call them in order, holding :meth:`lock`.
+    ``seed`` seeds the export's checks and the MC-dropout masks; the training's seed is ``config.training.seed``; the
+    queue's draws (random acquisition, stochastic sampling, the random fraction) are seeded by ``seed`` and the
+    cycle's votes file (:attr:`draw_seed`), so every cycle draws afresh and a rerun of a cycle draws the same.
+    ``rank_options`` are :func:`~zoobot_pipeline.active.ranking.rank_catalogue`'s ``sampling``, ``beta``,
+    ``random_fraction`` and ``exclude_answers``. Every step method is idempotent; call them in order, holding
+    :meth:`lock`.
     """
 
     release_dir: Path
@@ -194,21 +201,37 @@ class Cycle:
     acquisition: str = "mutual_information"
     seed: int = 0
     resources: Resources = field(default_factory=Resources)
+    rank_options: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def open(cls, release_dir: str | Path, new_votes: str | Path, labelled_votes: str | Path, work_dir: str | Path,
              queue_dir: str | Path, config: RoundConfig | None = None, *, top_k: int = 100,
-             acquisition: str = "mutual_information", seed: int = 0, resources: Resources | None = None) -> Cycle:
-        """The cycle of ``new_votes`` (keyed by its sha256); the votes file must exist. ``top_k`` and ``acquisition``
-        are checked here, not after training."""
+             acquisition: str = "mutual_information", seed: int = 0, resources: Resources | None = None,
+             rank_options: Mapping[str, Any] | None = None) -> Cycle:
+        """The cycle of ``new_votes`` (keyed by its sha256); the votes file must exist. ``top_k``, ``acquisition``
+        (a registered function or a shorthand such as ``power_bald``) and the ``rank_options`` are checked here, not
+        after training."""
         new_votes = Path(new_votes)
         if not new_votes.is_file():
             raise FileNotFoundError(f"{new_votes}: no such votes file")
         if top_k < 1:
             raise ZoobotPipelineError(f"top_k must be at least 1, got {top_k}")
+        options = dict(rank_options or {})
+        unknown = sorted(set(options) - set(RANK_OPTIONS))
+        if unknown:
+            raise ZoobotPipelineError(f"unknown rank option(s) {', '.join(unknown)}; known: {', '.join(RANK_OPTIONS)}")
+        acquisition, options["sampling"] = resolve_strategy(acquisition, options.get("sampling", TOP_K))
         get_acquisition(acquisition)
+        check_beta(options.get("beta", 1.0))
+        check_random_fraction(options.get("random_fraction", 0.0))
         return cls(Path(release_dir), new_votes, Path(labelled_votes), Path(work_dir), Path(queue_dir),
-                   file_sha256(new_votes), config or RoundConfig(), top_k, acquisition, seed, resources or Resources())
+                   file_sha256(new_votes), config or RoundConfig(), top_k, acquisition, seed, resources or Resources(),
+                   options)
+
+    @property
+    def draw_seed(self) -> int:
+        """The seed of the queue's draws: ``seed`` plus the first 32 bits of the votes file's sha256."""
+        return self.seed + int(self.digest[:8], 16)
 
     @property
     def key(self) -> str:
@@ -287,7 +310,7 @@ class Cycle:
         made before."""
         return rank_catalogue(self.catalogue, self.top_k, acquisition=self.acquisition,
                               exclude_votes=self.labelled_votes, min_votes=MIN_VOTES, schema=self.config.schema_name,
-                              queue_dir=self.queue_dir, seed=self.seed, run_key=self.key)
+                              queue_dir=self.queue_dir, seed=self.draw_seed, run_key=self.key, **self.rank_options)
 
     def run(self, current_package: str | Path | None = None) -> CycleReport:
         """Every step in order under :meth:`lock`, then point ``current_package`` (if given) at the package."""
@@ -305,9 +328,11 @@ class Cycle:
 def run_cycle(release_dir: str | Path, new_votes: str | Path, labelled_votes: str | Path, work_dir: str | Path,
               queue_dir: str | Path, config: RoundConfig | None = None, *, top_k: int = 100,
               acquisition: str = "mutual_information", seed: int = 0, resources: Resources | None = None,
-              current_package: str | Path | None = None) -> CycleReport:
+              current_package: str | Path | None = None,
+              rank_options: Mapping[str, Any] | None = None) -> CycleReport:
     """Fold ``new_votes`` into ``labelled_votes`` (Parquet), retrain, export, score the pool ``release_dir`` and queue
-    its ``top_k`` most wanted galaxies in ``queue_dir`` (see the module docstring); work files under ``work_dir``."""
+    its ``top_k`` most wanted galaxies in ``queue_dir`` (see the module docstring; ``rank_options`` as for
+    :class:`Cycle`); work files under ``work_dir``."""
     cycle = Cycle.open(release_dir, new_votes, labelled_votes, work_dir, queue_dir, config, top_k=top_k,
-                       acquisition=acquisition, seed=seed, resources=resources)
+                       acquisition=acquisition, seed=seed, resources=resources, rank_options=rank_options)
     return cycle.run(current_package)

@@ -1,18 +1,34 @@
 """Acquisition functions: how much the model would learn from volunteers' votes on each galaxy of a catalogue batch.
 
-A registry of named functions, three built in, computed in float64 from the per-question columns that scoring writes
-(``{question}_mutual_information``, ``{question}_entropy``, ``{question}_probability_asked``; names:
-:mod:`zoobot_pipeline.catalogue`):
+A registry of named functions, computed in float64 from the columns that scoring writes (names:
+:mod:`zoobot_pipeline.catalogue`). For a decision tree's catalogue, from the per-question columns
+``{question}_mutual_information``, ``{question}_entropy`` and ``{question}_probability_asked``:
 
 - ``mutual_information`` (BALD, Walmsley et al. 2020): ``sum_q w_q * MI_q * P(asked_q)``
   (:func:`zoobot_pipeline.stats.acquisition_score`); with unit weights this is the catalogue's own ``acquisition``
   column.
 - ``entropy``: ``sum_q w_q * H_q * P(asked_q)`` with ``H_q`` the predictive entropy.
+
+For a finetuned model's catalogue:
+
+- ``class_mutual_information`` (classifiers): BALD over the classes, the catalogue's ``mutual_information`` column
+  (entropy of the mean class probabilities minus the mean entropy over the MC-dropout samples; 0 for every galaxy
+  when the catalogue was scored with one sample, ``mc_samples`` 0 or 1).
+- ``predictive_std`` (regressors): ``sum_o w_o * std_o`` over the outputs ``o`` with ``{o}_std`` the standard
+  deviation over MC-dropout samples (the predictive spread; a regressor predicts no noise, so this is its epistemic
+  part). The weights, keyed by output name, also put outputs of different units on one scale.
+
+For any catalogue:
+
 - ``random``: uniform in [0, 1) from a BLAKE2b hash of ``(seed, id_str)``, so a galaxy's score never depends on which
   batch or file it is read in (the baseline in the label-efficiency experiment).
 
-Per-question weights (default 1, keyed by question name) let a science team target a question, e.g. bars. The
-question with the largest weighted term is the one "driving" a galaxy's score (``top_question``).
+A function names the kind of catalogue it scores (``task``: ``dirichlet``, ``classification``, ``regression``, or
+None for any); :func:`catalogue_task` tells the kind of a catalogue from its columns.
+
+Per-question weights (default 1, keyed by question name; by output name for a regressor) let a science team target a
+question, e.g. bars. The question with the largest weighted term is the one "driving" a galaxy's score
+(``top_question``).
 
 More functions rank under their own name once registered; a function gets a batch holding ``id_str`` and the columns
 it declares, the catalogue's questions, their weights (an array in question order) and the seed, and returns its
@@ -33,28 +49,36 @@ import numpy as np
 import pyarrow as pa
 
 from zoobot_pipeline.catalogue import (
+    CLASS_PREFIX,
     ENTROPY,
     MUTUAL_INFORMATION,
+    PREDICTED,
     PROBABILITY_ASKED,
     QUESTION_QUANTITIES,
+    STD_SUFFIX,
     catalogue_questions,
     question_column,
+    std_column,
 )
 from zoobot_pipeline.errors import ZoobotPipelineError, check_name
 from zoobot_pipeline.io import blake2b64
 from zoobot_pipeline.stats import weighted_question_terms
 
 __all__ = [
-    "ACQUISITION_FUNCTIONS", "AcquisitionFunction", "available_acquisitions", "entropy", "get_acquisition",
-    "mutual_information", "question_terms", "random", "register_acquisition", "required_columns", "resolve_weights",
-    "score", "top_question",
+    "ACQUISITION_FUNCTIONS", "CATALOGUE_TASKS", "AcquisitionFunction", "available_acquisitions", "catalogue_task",
+    "catalogue_targets", "entropy", "get_acquisition", "mutual_information", "question_terms", "random",
+    "register_acquisition", "regression_outputs", "required_columns", "resolve_weights", "score", "top_question",
 ]
 
 Batch = pa.RecordBatch | pa.Table
 Scorer = Callable[[Batch, Sequence[str], np.ndarray, int], np.ndarray | tuple[np.ndarray, np.ndarray]]
 RANDOM = "random"
-ACQUISITION_FUNCTIONS = (MUTUAL_INFORMATION, ENTROPY, RANDOM)
+CLASS_MUTUAL_INFORMATION = "class_mutual_information"
+PREDICTIVE_STD = "predictive_std"
+ACQUISITION_FUNCTIONS = (MUTUAL_INFORMATION, ENTROPY, RANDOM, CLASS_MUTUAL_INFORMATION, PREDICTIVE_STD)
 """The built-in acquisition functions (:func:`available_acquisitions` lists every registered one)."""
+CATALOGUE_TASKS = ("dirichlet", "classification", "regression")
+"""Kinds of catalogue (the model package's task)."""
 
 
 @dataclass(frozen=True)
@@ -62,22 +86,25 @@ class AcquisitionFunction:
     """A registered acquisition function: ``score(batch, questions, weights, seed)`` returns float scores ``(n,)``,
     or ``(scores, top)`` with ``top`` the index in ``questions`` of the question driving each score (-1: none). It
     reads ``id_str``, ``{question}_{quantity}`` of every question for each quantity of ``per_question``, and
-    ``columns``."""
+    ``columns``; a ``regression`` function gets the regressor's outputs as its questions and reads their
+    ``{output}_std``. ``task``: the kind of catalogue it scores (None: any)."""
 
     name: str
     score: Scorer
     per_question: tuple[str, ...] = ()
     columns: tuple[str, ...] = ()
+    task: str | None = None
 
 
 _REGISTRY: dict[str, AcquisitionFunction] = {}
 
 
 def register_acquisition(name: str, function: Scorer, *, per_question: Iterable[str] = (),
-                         columns: Iterable[str] = (), replace: bool = False) -> AcquisitionFunction:
+                         columns: Iterable[str] = (), task: str | None = None,
+                         replace: bool = False) -> AcquisitionFunction:
     """Make ``function`` available as acquisition ``name`` (see the module docstring); ``per_question`` quantities
-    are among ``mutual_information``, ``entropy`` and ``probability_asked``. A name already registered is an error
-    unless ``replace``."""
+    are among ``mutual_information``, ``entropy`` and ``probability_asked`` (and make ``task`` ``dirichlet`` unless
+    given). A name already registered is an error unless ``replace``."""
     if not isinstance(name, str) or not name:
         raise ZoobotPipelineError(f"an acquisition function needs a non-empty name, got {name!r}")
     if not callable(function):
@@ -86,7 +113,11 @@ def register_acquisition(name: str, function: Scorer, *, per_question: Iterable[
         raise ZoobotPipelineError(f"acquisition function {name!r} is already registered; pass replace=True to "
                                   "replace it")
     quantities = tuple(check_name(q, QUESTION_QUANTITIES, "per-question quantity") for q in per_question)
-    entry = AcquisitionFunction(name, function, quantities, tuple(columns))
+    if task is None and quantities:
+        task = "dirichlet"
+    if task is not None:
+        check_name(task, CATALOGUE_TASKS, "catalogue task")
+    entry = AcquisitionFunction(name, function, quantities, tuple(columns), task)
     _REGISTRY[name] = entry
     return entry
 
@@ -103,10 +134,42 @@ def get_acquisition(name: str) -> AcquisitionFunction:
 
 
 def required_columns(function: str, questions: Sequence[str]) -> list[str]:
-    """Catalogue columns that ``function`` reads (``id_str`` always)."""
+    """Catalogue columns that ``function`` reads (``id_str`` always); ``questions``: its
+    :func:`catalogue_targets`."""
     entry = get_acquisition(function)
     per_question = [question_column(q, quantity) for quantity in entry.per_question for q in questions]
-    return ["id_str", *per_question, *entry.columns]
+    if entry.task == "regression":
+        per_question += [std_column(output) for output in questions]
+    return list(dict.fromkeys(["id_str", *per_question, *entry.columns]))
+
+
+def regression_outputs(schema: pa.Schema) -> list[str]:
+    """The outputs of a regressor's catalogue: names with both an ``{output}`` and an ``{output}_std`` column."""
+    names = set(schema.names)
+    return [name.removesuffix(STD_SUFFIX) for name in schema.names
+            if name.endswith(STD_SUFFIX) and name.removesuffix(STD_SUFFIX) in names]
+
+
+def catalogue_task(schema: pa.Schema) -> str | None:
+    """The kind of catalogue (:data:`CATALOGUE_TASKS`) from its columns: per-question mutual information (a
+    decision tree), class probabilities with ``mutual_information`` and ``predicted`` (a classifier), or outputs
+    with their ``_std`` (a regressor); None if none fits."""
+    names = set(schema.names)
+    if catalogue_questions(schema):
+        return "dirichlet"
+    if {MUTUAL_INFORMATION, PREDICTED} <= names and any(n.startswith(CLASS_PREFIX) for n in names):
+        return "classification"
+    if regression_outputs(schema):
+        return "regression"
+    return None
+
+
+def catalogue_targets(function: str, schema: pa.Schema) -> list[str]:
+    """What ``function``'s weights and top question refer to in a catalogue of ``schema``: the regressor's outputs
+    for a ``regression`` function, otherwise the decision tree's questions (none for other catalogues)."""
+    if get_acquisition(function).task == "regression":
+        return regression_outputs(schema)
+    return catalogue_questions(schema)
 
 
 def resolve_weights(questions: Sequence[str], weights: Mapping[str, float] | None = None) -> np.ndarray:
@@ -115,7 +178,7 @@ def resolve_weights(questions: Sequence[str], weights: Mapping[str, float] | Non
     unknown = sorted(set(weights) - set(questions))
     if unknown:
         raise ZoobotPipelineError(f"weights name unknown question(s) {', '.join(unknown)}; the catalogue has "
-                                  f"{', '.join(questions) or 'no per-question columns'}")
+                                  f"{', '.join(questions) or 'no questions (or outputs) to weight'}")
     bad = {q: w for q, w in weights.items() if not np.isfinite(w) or w < 0}
     if bad:
         raise ZoobotPipelineError(f"weights must be finite and non-negative, got {bad}")
@@ -213,7 +276,22 @@ def _random(batch: Batch, questions: Sequence[str], weights: np.ndarray, seed: i
     return random(batch, seed)
 
 
+def _class_mutual_information(batch: Batch, questions: Sequence[str], weights: np.ndarray, seed: int) -> np.ndarray:
+    return _column(batch, MUTUAL_INFORMATION)
+
+
+def _predictive_std(batch: Batch, outputs: Sequence[str], weights: np.ndarray,
+                    seed: int) -> tuple[np.ndarray, np.ndarray]:
+    terms = np.empty((batch.num_rows, len(outputs)), dtype=np.float64)
+    for j, output in enumerate(outputs):
+        terms[:, j] = _column(batch, std_column(output)) * weights[j]
+    return terms.sum(axis=1), top_question(terms)
+
+
 register_acquisition(MUTUAL_INFORMATION, _question_sum(MUTUAL_INFORMATION),
                      per_question=(MUTUAL_INFORMATION, PROBABILITY_ASKED))
 register_acquisition(ENTROPY, _question_sum(ENTROPY), per_question=(ENTROPY, PROBABILITY_ASKED))
 register_acquisition(RANDOM, _random)
+register_acquisition(CLASS_MUTUAL_INFORMATION, _class_mutual_information, columns=(MUTUAL_INFORMATION,),
+                     task="classification")
+register_acquisition(PREDICTIVE_STD, _predictive_std, task="regression")

@@ -6,13 +6,21 @@ the best ``top_k`` rows seen so far are kept in numpy arrays: memory is O(top_k 
 size, and the catalogue is never sorted as a whole. Rows that cannot beat the current K-th best are dropped before any
 sorting. Equal scores rank by ``id_str`` (ascending), so the queue does not depend on file or batch order.
 
-Scores come from a registered acquisition function (:mod:`~zoobot_pipeline.active.acquisition`). Skipped: flagged
-rows (non-null ``flag``), galaxies that already have ``min_votes`` or more votes on the tree's first question in
-``exclude_votes``, and galaxies already queued in ``queue_dir``. A scored row with a null or NaN value in a column the
-acquisition function reads is an error naming the file, row and column.
+Scores come from a registered acquisition function (:mod:`~zoobot_pipeline.active.acquisition`), and the batch is
+either their top K (``sampling="top_k"``, the default) or a draw without replacement in proportion to a weight of
+the score (``power``, ``softmax``, ``softrank``: :mod:`~zoobot_pipeline.active.batch_sampling`), which is the same
+top-K machinery over a key perturbed by noise from a hash of ``(seed, id_str)``; softrank reads the catalogue twice.
+With a random fraction, ``round(random_fraction * top_k)`` galaxies are the top of a uniform key from a hash of
+``(seed, id_str)`` (the seeded ``random`` acquisition) and the acquisition's best fill the rest; the queue interleaves
+the two parts and ``picked_by`` says which part picked each galaxy. Skipped: flagged rows (non-null ``flag``),
+galaxies that already have ``min_votes`` or more votes on the tree's first question in ``exclude_votes``, galaxies
+already queued in ``queue_dir``, and galaxies an answer filter excludes (``exclude_answers``:
+:mod:`~zoobot_pipeline.active.exclusions`). A scored row with a null or NaN value in a column the acquisition
+function or an answer filter reads is an error naming the file, row and column.
 
 Quotas (per tile, or per magnitude bin; one kind at a time) cap how many galaxies one group contributes: the result is
-exactly that of walking the full ranking and skipping galaxies whose group is already full. Magnitude bins are
+exactly that of walking the full ranking (by the sampling key; the random part's picks first) and skipping galaxies
+whose group is already full. Magnitude bins are
 ``np.digitize`` groups of ``magnitude_column`` over the given edges (brighter than the first edge and fainter than the
 last are groups too, and so is a missing magnitude).
 
@@ -65,7 +73,9 @@ import pyarrow.parquet as pq
 
 from zoobot_pipeline._version import __version__
 from zoobot_pipeline.active import acquisition as acq
-from zoobot_pipeline.catalogue import FLAG, MUTUAL_INFORMATION, catalogue_files, catalogue_questions
+from zoobot_pipeline.active import batch_sampling as bs
+from zoobot_pipeline.active.exclusions import AnswerFilter, filter_columns, parse_answer_filters
+from zoobot_pipeline.catalogue import FLAG, catalogue_files
 from zoobot_pipeline.data.votes import read_votes
 from zoobot_pipeline.errors import ZoobotPipelineError
 from zoobot_pipeline.io import file_lock, write_json_atomic, write_parquet_atomic
@@ -85,6 +95,8 @@ _FLOW_KEYS_DIR = "flow-keys"  # where queues of earlier versions recorded their 
 _BASE_COLUMNS = ("id_str", "ra", "dec", "tile_id", FLAG)
 _METADATA_KEYS = ("model_sha256", "schema", "release")
 SOURCES_DIGESTS = "sources_digests"  # rank settings key: tile id -> digest of the tile's source ids (from scoring)
+ACQUISITION_PART = "acquisition"  # picked_by: drawn by the acquisition function (and sampling mode)
+RANDOM_PART = "random"  # picked_by: drawn uniformly at random (the random fraction)
 _TMP_PREFIX = ".tmp-"  # temporary files of io.atomic_path
 
 QUEUE_SCHEMA = pa.schema([
@@ -96,6 +108,10 @@ QUEUE_SCHEMA = pa.schema([
     pa.field("acquisition", pa.float64(), metadata={"description": "score of acquisition_function"}),
     pa.field("acquisition_function", pa.string()),
     pa.field("top_question", pa.string(), metadata={"description": "question with the largest weighted term"}),
+    pa.field("sampling_key", pa.float64(), metadata={
+        "description": "key the galaxy was picked by: the score (top_k), the Gumbel-perturbed key (power, softmax, "
+                       "softrank) or the uniform draw (random part)"}),
+    pa.field("picked_by", pa.string(), metadata={"description": "acquisition or random (the random fraction)"}),
     pa.field("model_sha256", pa.string()),
     pa.field("release", pa.string()),
     pa.field("created", pa.timestamp("us", tz="UTC")),
@@ -173,7 +189,7 @@ def _group_occurrence(groups: np.ndarray) -> np.ndarray:
 
 
 class _Best:
-    """The best ``k`` rows seen so far (score descending, then ``id_str``), at most ``quota`` per group."""
+    """The best ``k`` rows seen so far (``key`` descending, then ``id_str``), at most ``quota`` per group."""
 
     def __init__(self, k: int, quota: int | None) -> None:
         self.k = k
@@ -181,15 +197,17 @@ class _Best:
         self.rows: dict[str, np.ndarray] | None = None
 
     def offer(self, rows: dict[str, np.ndarray]) -> None:
-        if self.rows is not None and len(self.rows["score"]) >= self.k:
-            worst_score, worst_id = self.rows["score"][-1], self.rows["id_str"][-1]
-            beats = (rows["score"] > worst_score) | ((rows["score"] == worst_score) & (rows["id_str"] < worst_id))
+        if self.k < 1:
+            return
+        if self.rows is not None and len(self.rows["key"]) >= self.k:
+            worst_key, worst_id = self.rows["key"][-1], self.rows["id_str"][-1]
+            beats = (rows["key"] > worst_key) | ((rows["key"] == worst_key) & (rows["id_str"] < worst_id))
             if not beats.any():
                 return
             rows = {name: values[beats] for name, values in rows.items()}
         if self.rows is not None:
             rows = {name: np.concatenate([self.rows[name], values]) for name, values in rows.items()}
-        order = np.lexsort((rows["id_str"], -rows["score"]))
+        order = np.lexsort((rows["id_str"], -rows["key"]))
         if self.quota is not None:
             order = order[_group_occurrence(rows["group"][order]) < self.quota]
         order = order[: self.k]
@@ -217,9 +235,21 @@ def _magnitude_groups(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return groups
 
 
+def _check_answer_values(batch: pa.RecordBatch, values: np.ndarray, column: str, path: Path, offset: int,
+                         rows: np.ndarray) -> None:
+    """Raise naming the file, row and column of the first eligible row whose answer value is missing."""
+    bad = np.flatnonzero(np.isnan(values))
+    if len(bad):
+        i = int(bad[0])
+        raise ZoobotPipelineError(f"{path}: row {offset + int(rows[i])} (id_str {batch.column('id_str')[i]}): "
+                                  f"column {column!r} is {batch.column(column)[i].as_py()} in a row with no flag")
+
+
 @dataclass
 class _Scan:
-    """One pass over the catalogue: how to score, what to skip, the best rows so far and counts of what was seen."""
+    """One pass over the catalogue: how to score and sample, what to skip, the best rows so far (by the sampling key,
+    and by a uniform key for the random part) and counts of what was seen. With ``collected`` (a list) the pass
+    only collects the eligible scores (softrank's first pass); softrank's second pass ranks by ``population``."""
 
     best: _Best
     acquisition: str
@@ -232,11 +262,19 @@ class _Scan:
     edges: np.ndarray | None
     magnitude_column: str
     tile_groups: bool
+    sampling: str = bs.TOP_K
+    beta: float = 1.0
+    answer_filters: list[AnswerFilter] = field(default_factory=list)
+    answer_columns: list[str] = field(default_factory=list)
+    random_best: _Best | None = None
+    collected: list[np.ndarray] | None = None
+    population: np.ndarray | None = None
     digests: dict[str, str] = field(default_factory=dict)
     rows: int = 0
     flagged: int = 0
     labelled: int = 0
     queued: int = 0
+    answered: int = 0
 
     def offer(self, batch: pa.RecordBatch, path: Path, offset: int) -> None:
         """Score the eligible rows of ``batch`` (row ``offset`` onwards of ``path``) and offer them to the best."""
@@ -254,15 +292,34 @@ class _Scan:
         self.labelled += int(labelled.sum())
         self.queued += int(queued.sum())
         rows = np.flatnonzero(scored & ~labelled & ~queued)
+        if self.answer_filters and len(rows):
+            kept = batch.take(pa.array(rows))
+            answered = np.zeros(len(rows), dtype=bool)
+            for answer, column in zip(self.answer_filters, self.answer_columns, strict=True):
+                values = kept.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
+                _check_answer_values(kept, values, column, path, offset, rows)
+                answered |= answer.matches(values)
+            self.answered += int(answered.sum())
+            rows = rows[~answered]
         if not len(rows):
             return
         kept = batch.take(pa.array(rows))
         scores, top = acq.score(kept, self.acquisition, self.questions, self.weights, self.seed)
         _check_scored(kept, scores, self.score_columns, path, offset, rows)
+        if self.sampling == "power" and np.any(scores < 0):
+            i = int(np.flatnonzero(scores < 0)[0])
+            raise ZoobotPipelineError(f"{path}: row {offset + int(rows[i])} (id_str {kept.column('id_str')[i]}): "
+                                      f"acquisition score {scores[i]} < 0; power sampling needs scores >= 0")
+        if self.collected is not None:
+            self.collected.append(scores)
+            return
+        id_str = kept.column("id_str").to_numpy(zero_copy_only=False).astype(str)
+        ranks = bs.population_ranks(self.population, scores) if self.population is not None else None
         offered = {
+            "key": bs.perturbed_keys(scores, id_str, self.sampling, self.beta, self.seed, ranks),
             "score": scores,
             "top": top,
-            "id_str": kept.column("id_str").to_numpy(zero_copy_only=False).astype(str),
+            "id_str": id_str,
             "ra": kept.column("ra").to_numpy(zero_copy_only=False).astype(np.float64),
             "dec": kept.column("dec").to_numpy(zero_copy_only=False).astype(np.float64),
             "tile_id": kept.column("tile_id").to_numpy(zero_copy_only=False).astype(str),
@@ -274,6 +331,38 @@ class _Scan:
         elif self.tile_groups:
             offered["group"] = offered["tile_id"]
         self.best.offer(offered)
+        if self.random_best is not None:
+            self.random_best.offer({**offered, "key": acq.random(id_str, self.seed)})
+
+
+def _picks(scan: _Scan, top_k: int, quota: int | None) -> dict[str, np.ndarray] | None:
+    """The queue's rows in queue order, with ``from_random``: the random part's picks first decide (at most their
+    count, with the quota), then the acquisition's best fill the rest, skipping galaxies the random part took and
+    groups it filled (as a walk down the acquisition's ranking would), and the two parts are interleaved
+    (:func:`~zoobot_pipeline.active.batch_sampling.mix_order`)."""
+    best = scan.best.rows
+    chosen = scan.random_best.rows if scan.random_best is not None else None
+    if chosen is None or not len(chosen["key"]):
+        return None if best is None else {**best, "from_random": np.zeros(len(best["key"]), dtype=bool)}
+    taken = set(chosen["id_str"].tolist())
+    filled = Counter(chosen["group"].tolist()) if quota is not None else Counter()
+    keep = []
+    for i, id_str in enumerate([] if best is None else best["id_str"].tolist()):
+        if len(keep) + len(taken) >= top_k:
+            break
+        if id_str in taken:
+            continue
+        if quota is not None:
+            group = best["group"][i].item()
+            if filled[group] >= quota:
+                continue
+            filled[group] += 1
+        keep.append(i)
+    rows = {name: np.concatenate([values[keep] if best is not None else values[:0], chosen[name]])
+            for name, values in (best or chosen).items()}
+    rows["from_random"] = np.r_[np.zeros(len(keep), dtype=bool), np.ones(len(chosen["key"]), dtype=bool)]
+    order = bs.mix_order(rows["from_random"])
+    return {name: values[order] for name, values in rows.items()}
 
 
 def rank_catalogue(
@@ -294,10 +383,20 @@ def rank_catalogue(
     seed: int = 0,
     batch_size: int = 65_536,
     created: datetime | None = None,
+    sampling: str = bs.TOP_K,
+    beta: float = 1.0,
+    random_fraction: float = 0.0,
+    exclude_answers: Sequence[str | AnswerFilter] = (),
 ) -> pa.Table:
     """Rank ``catalogue`` by ``acquisition`` and return the ``top_k`` most wanted galaxies (:data:`QUEUE_SCHEMA`).
 
-    ``acquisition`` names a registered function (:func:`~zoobot_pipeline.active.acquisition.available_acquisitions`).
+    ``acquisition`` names a registered function (:func:`~zoobot_pipeline.active.acquisition.available_acquisitions`)
+    or a shorthand such as ``power_bald`` (``mutual_information`` drawn by ``power``). ``sampling`` (``top_k``,
+    ``power``, ``softmax``, ``softrank``) and ``beta`` choose how the batch is drawn from the scores
+    (:mod:`~zoobot_pipeline.active.batch_sampling`); ``round(random_fraction * top_k)`` galaxies are drawn uniformly
+    from the eligible ones instead; ``exclude_answers`` (``'smooth-or-featured-dr5_artifact>=0.5'``) skip galaxies
+    by the model's answers (:mod:`~zoobot_pipeline.active.exclusions`). Every draw is seeded by ``seed`` and each
+    galaxy's ``id_str``.
     ``schema`` (name or :class:`Schema`) reads ``exclude_votes``; by default the catalogue's ``schema`` metadata.
     With ``queue_dir`` the galaxies already queued there are skipped and the result is written there as a new run,
     created at ``created`` (default: when ranking ends). ``run_key`` (with ``queue_dir``) makes the run happen once:
@@ -305,6 +404,10 @@ def rank_catalogue(
     and skipped is in the table's schema metadata (:func:`rank_settings`).
     """
     quota, edges = _check_options(top_k, batch_size, per_tile_quota, magnitude_bins, per_bin_quota)
+    acquisition, sampling = bs.resolve_strategy(acquisition, sampling)
+    beta = bs.check_beta(beta)
+    n_random = bs.random_count(top_k, random_fraction)
+    answer_filters = parse_answer_filters(exclude_answers)
     if run_key is not None and queue_dir is None:
         raise ZoobotPipelineError(f"run_key {run_key!r} needs a queue directory to record its run in")
     if run_key is not None and (not run_key or Path(run_key).name != run_key):
@@ -312,13 +415,12 @@ def rank_catalogue(
 
     files = catalogue_files(catalogue)
     first_schema, meta = _file_metadata(files[0])
-    questions = catalogue_questions(first_schema)
-    if acq.get_acquisition(acquisition).per_question and not questions:
-        raise ZoobotPipelineError(f"{files[0]}: no {{question}}_{MUTUAL_INFORMATION} columns to compute "
-                                  f"{acquisition!r} from")
+    _check_task(acquisition, first_schema, files[0])
+    questions = acq.catalogue_targets(acquisition, first_schema)
     score_columns = acq.required_columns(acquisition, questions)
     acq.resolve_weights(questions, weights)
-    columns = list(dict.fromkeys([*_BASE_COLUMNS, *score_columns]))
+    answer_columns = filter_columns(answer_filters, first_schema, str(files[0]))
+    columns = list(dict.fromkeys([*_BASE_COLUMNS, *score_columns, *answer_columns]))
     if edges is not None:
         columns.append(magnitude_column)
     excluded_labelled = pa.array([], pa.string())
@@ -340,14 +442,25 @@ def rank_catalogue(
             if earlier.is_file():
                 return _earlier_run(queue, earlier)
         excluded_queued = queued_ids(queue) if queue is not None else pa.array([], pa.string())
-        scan = _Scan(_Best(top_k, quota), acquisition, questions, weights, seed, score_columns, excluded_labelled,
-                     excluded_queued, edges, magnitude_column, per_tile_quota is not None)
-        for path in files:
-            _scan_file(scan, path, columns, batch_size, meta, files[0])
+
+        def scan_catalogue(**kwargs: Any) -> _Scan:
+            scan = _Scan(_Best(top_k, quota), acquisition, questions, weights, seed, score_columns,
+                         excluded_labelled, excluded_queued, edges, magnitude_column, per_tile_quota is not None,
+                         sampling, beta, answer_filters, answer_columns, **kwargs)
+            for path in files:
+                _scan_file(scan, path, columns, batch_size, meta, files[0])
+            return scan
+
+        population = None
+        if sampling == "softrank":  # a galaxy's rank needs every eligible score: a first pass collects them
+            collected = scan_catalogue(collected=[]).collected
+            population = np.sort(np.concatenate(collected)) if collected else np.zeros(0)
+        scan = scan_catalogue(random_best=_Best(n_random, quota) if n_random else None, population=population)
 
         created = created or datetime.now(UTC)
         run_id = run_id_of(created)
-        table = _queue_table(scan.best.rows, questions, acquisition, meta, created, run_id,
+        picks = _picks(scan, top_k, quota)
+        table = _queue_table(picks, questions, acquisition, meta, created, run_id,
                              magnitude_column if edges is not None else None)
         if pc.count_distinct(table.column("id_str")).as_py() != table.num_rows:
             twice = sorted(i for i, n in Counter(table.column("id_str").to_pylist()).items() if n > 1)
@@ -359,8 +472,11 @@ def rank_catalogue(
             "per_bin_quota": per_bin_quota, "magnitude_bins": None if edges is None else edges.tolist(),
             "magnitude_column": magnitude_column,
             "exclude_votes": None if exclude_votes is None else str(exclude_votes), "min_votes": min_votes,
+            "sampling": sampling, "beta": beta, "random_fraction": float(random_fraction),
+            "random_picks": int(table.column("picked_by").to_pylist().count(RANDOM_PART)),
+            "exclude_answers": [str(f) for f in answer_filters],
             "rows_read": scan.rows, "skipped_flagged": scan.flagged, "skipped_labelled": scan.labelled,
-            "skipped_queued": scan.queued, "code_version": __version__, **meta,
+            "skipped_queued": scan.queued, "skipped_answers": scan.answered, "code_version": __version__, **meta,
         }
         queued_tiles = sorted(set(table.column("tile_id").to_pylist()))
         if any(tile in scan.digests for tile in queued_tiles):
@@ -369,6 +485,18 @@ def rank_catalogue(
         if queue is not None:
             _write_queue(table, queue, run_id)
     return table
+
+
+def _check_task(acquisition: str, schema: pa.Schema, path: Path) -> None:
+    """Refuse an acquisition function made for another kind of catalogue, naming those that fit this one."""
+    entry = acq.get_acquisition(acquisition)
+    task = acq.catalogue_task(schema)
+    if entry.task is None or entry.task == task:
+        return
+    fitting = [name for name in acq.available_acquisitions() if acq.get_acquisition(name).task in (None, task)]
+    kind = f"a {task} model's catalogue" if task else "not a catalogue of a known kind of model"
+    raise ZoobotPipelineError(f"{path}: acquisition {acquisition!r} ranks a {entry.task} model's catalogue, and this "
+                              f"is {kind}; use one of {', '.join(fitting)}")
 
 
 def _check_options(top_k: int, batch_size: int, per_tile_quota: int | None, magnitude_bins: Sequence[float] | None,
@@ -441,6 +569,7 @@ def _earlier_run(queue_dir: Path, path: Path) -> pa.Table:
 def _queue_table(rows: dict[str, np.ndarray] | None, questions: list[str], acquisition: str, meta: dict[str, str],
                  created: datetime, run_id: str, magnitude_column: str | None) -> pa.Table:
     n = 0 if rows is None else len(rows["score"])
+    picked_by = [RANDOM_PART if r else ACQUISITION_PART for r in ([] if rows is None else rows["from_random"])]
 
     def column(name: str) -> list[Any]:
         return [] if rows is None else rows[name].tolist()
@@ -455,6 +584,8 @@ def _queue_table(rows: dict[str, np.ndarray] | None, questions: list[str], acqui
         "acquisition": pa.array(column("score"), pa.float64()),
         "acquisition_function": pa.array([acquisition] * n, pa.string()),
         "top_question": pa.array(top_names, pa.string()),
+        "sampling_key": pa.array(column("key"), pa.float64()),
+        "picked_by": pa.array(picked_by, pa.string()),
         "model_sha256": pa.array([meta.get("model_sha256")] * n, pa.string()),
         "release": pa.array([meta.get("release")] * n, pa.string()),
         "created": pa.array([created] * n, pa.timestamp("us", tz="UTC")),

@@ -64,7 +64,7 @@ TASKS = ("dirichlet", "classification", "regression")
 """``runtime.package.TASKS`` (``models.FINETUNE_TASKS``)."""
 PREPROCESSING_PRESETS = ("gz_decals", "euclid", "from_images")
 """``data.preprocessing.available_presets()`` in a fresh process."""
-ACQUISITIONS = ("mutual_information", "entropy", "random")
+ACQUISITIONS = ("mutual_information", "entropy", "random", "class_mutual_information", "predictive_std")
 """``active.acquisition.available_acquisitions()`` in a fresh process (the built-ins)."""
 
 

@@ -14,7 +14,14 @@ app = typer.Typer()
 queue_app = typer.Typer(help="Galaxy Zoo priority queue: manifests, uploads, returning votes.", no_args_is_help=True)
 app.add_typer(queue_app, name="queue")
 
-Acquisition = choices("Acquisition", ACQUISITIONS)
+# spelled out (as in cli._options) so that the command starts without numpy; tests/test_active_sampling.py keeps them
+# equal to the library's lists
+RANK_ACQUISITIONS = (*ACQUISITIONS, "power_bald", "softmax_bald", "softrank_bald")
+"""``active.acquisition.available_acquisitions()`` then ``active.batch_sampling.STRATEGY_SHORTHANDS``."""
+SAMPLINGS = ("top_k", "power", "softmax", "softrank")
+"""``active.batch_sampling.SAMPLINGS``."""
+Acquisition = choices("Acquisition", RANK_ACQUISITIONS)
+Sampling = choices("Sampling", SAMPLINGS)
 
 
 def _weights(pairs: list[str] | None) -> dict[str, float]:
@@ -48,7 +55,21 @@ def rank(
     catalogue: Annotated[Path, typer.Option(help="Scored catalogue: a directory of Parquet files, or one file.")],
     top: Annotated[int, typer.Option(help="How many galaxies to queue.")],
     out: Annotated[Path, typer.Option(help="Queue directory (keeps its history: a rerun queues nobody twice).")],
-    acquisition: Annotated[Acquisition, typer.Option(help="How to score galaxies.")] = "mutual_information",
+    acquisition: Annotated[Acquisition, typer.Option(
+        help="How to score galaxies: decision trees by mutual_information (BALD) or entropy, classifiers by "
+             "class_mutual_information, regressors by predictive_std, any by random; power_bald (softmax_bald, "
+             "softrank_bald) is mutual_information with --sampling power (softmax, softrank).")]
+    = "mutual_information",
+    sampling: Annotated[Sampling, typer.Option(
+        help="How to draw the batch from the scores: top_k, or without replacement in proportion to "
+             "score**beta (power), exp(beta*score) (softmax) or rank**-beta (softrank).")] = "top_k",
+    beta: Annotated[float, typer.Option(help="Beta of --sampling power|softmax|softrank (> 0; large: close to "
+                                             "top_k, small: close to uniform).")] = 1.0,
+    random_fraction: Annotated[float, typer.Option(help="Share of --top drawn uniformly at random from the eligible "
+                                                        "galaxies (0 <= F < 1).")] = 0.0,
+    exclude_answer: Annotated[list[str] | None, typer.Option(
+        help="ANSWER>=T (or >, <=, <): skip galaxies whose expected vote fraction of ANSWER (a classifier: "
+             "probability of the class) passes, e.g. smooth-or-featured-dr5_artifact>=0.5 (repeatable).")] = None,
     weight: Annotated[list[str] | None, typer.Option(help="QUESTION=W: weight a question's term (repeatable).")]
     = None,
     exclude: Annotated[Path | None, typer.Option(help="Votes catalogue: skip galaxies that already have votes.")]
@@ -61,7 +82,10 @@ def rank(
     = None,
     per_bin_quota: Annotated[int | None, typer.Option(help="At most N galaxies from one magnitude bin.")] = None,
     magnitude_column: Annotated[str, typer.Option(help="Catalogue column the magnitude bins use.")] = "mag_r",
-    seed: Annotated[int, typer.Option(help="Seed of --acquisition random.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of --acquisition random, stochastic --sampling and "
+                                           "--random-fraction (with each galaxy's id).")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Catalogue rows read at a time (memory; the queue does not "
+                                                 "depend on it).")] = 65_536,
 ) -> None:
     """Rank a scored catalogue and queue the galaxies volunteers should label next (QUEUE/queue.parquet)."""
     from rich.table import Table
@@ -71,16 +95,20 @@ def rank(
     table = rank_catalogue(catalogue, top, acquisition=acquisition.value, weights=_weights(weight),
                            exclude_votes=exclude, min_votes=min_votes, schema=schema, queue_dir=out,
                            per_tile_quota=per_tile_quota, magnitude_bins=_magnitude_edges(magnitude_bins),
-                           per_bin_quota=per_bin_quota, magnitude_column=magnitude_column, seed=seed)
+                           per_bin_quota=per_bin_quota, magnitude_column=magnitude_column, seed=seed,
+                           batch_size=batch_size, sampling=sampling.value, beta=beta,
+                           random_fraction=random_fraction, exclude_answers=exclude_answer or ())
     info = rank_settings(table)
-    shown = Table("rank", "id_str", "tile_id", "acquisition", "top question", title=f"{out / QUEUE_FILE}")
+    shown = Table("rank", "id_str", "tile_id", "acquisition", "top question", "picked by", title=f"{out / QUEUE_FILE}")
     for row in table.slice(0, 10).to_pylist():
         shown.add_row(str(row["rank"]), row["id_str"], row["tile_id"], f"{row['acquisition']:.4g}",
-                      row["top_question"] or "")
+                      row["top_question"] or "", row["picked_by"])
     console.print(shown)
-    console.print(f"queued {table.num_rows} of {info['rows_read']} catalogue rows (run {info['run_id']}); skipped "
+    drawn = info["sampling"] if info["sampling"] == "top_k" else f"{info['sampling']} sampling, beta {info['beta']:g}"
+    console.print(f"queued {table.num_rows} of {info['rows_read']} catalogue rows (run {info['run_id']}; "
+                  f"{info['acquisition']}, {drawn}; {info['random_picks']} drawn at random); skipped "
                   f"{info['skipped_flagged']} flagged, {info['skipped_labelled']} labelled, "
-                  f"{info['skipped_queued']} already queued")
+                  f"{info['skipped_queued']} already queued, {info['skipped_answers']} by their answers")
 
 
 @queue_app.command("manifest")

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
-from zoobot_pipeline.errors import ZoobotPipelineError, check_name
+from zoobot_pipeline.errors import UnavailableError, ZoobotPipelineError, check_name
 from zoobot_pipeline.models.checkpoint import CHECKPOINT_JSON, read_checkpoint_json
 from zoobot_pipeline.models.config import DistributedConfig, ModelConfig
 from zoobot_pipeline.models.job import TrainingJob
@@ -114,11 +114,20 @@ def available_backends() -> list[str]:
 
 
 def get_backend(name: str) -> Backend:
-    """The backend called ``name``, importing its module on first use."""
+    """The backend called ``name``, importing its module on first use; :class:`UnavailableError` (one line naming the
+    missing framework) where that framework is not installed, as in the scoring image."""
     entry = _BACKENDS[check_name(name, available_backends(), "backend")]
     if isinstance(entry, str):
         module, _, attribute = entry.partition(":")
-        entry = getattr(importlib.import_module(module), attribute)
+        try:
+            imported = importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name is None or err.name.split(".")[0] == __name__.split(".")[0]:
+                raise  # a bug in zoobot-pipeline itself, not a missing framework
+            raise UnavailableError(
+                f"the {name} backend needs {err.name}, which is not installed here (the scoring image has no "
+                f"training framework): use the training image, or pip install 'zoobot-pipeline[{name}]'") from None
+        entry = getattr(imported, attribute)
         _BACKENDS[name] = entry
     return entry
 
