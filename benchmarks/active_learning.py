@@ -173,12 +173,12 @@ def print_informativeness(out: Path, release: Path, schema_name: str) -> None:
         print(f"  {seed_dir.name}: {', '.join(shown)} (n={nll.num_rows}; mean excess NLL {excess.mean():.2f})")
 
 
-def print_per_question(out: Path, config: ExperimentConfig) -> None:
+def print_per_question(out: Path, config: ExperimentConfig, seeds: list[int]) -> None:
     """Per question, each strategy's test NLL minus random's after the last round (mean over seeds)."""
     schema = get_schema(config.round.schema_name)
     last = f"round_{config.n_rounds}"
     diffs: dict[str, list[np.ndarray]] = {}
-    for seed in config.seeds:
+    for seed in seeds:
         seed_dir = out / f"seed_{seed}"
         initial = pq.read_table(seed_dir / "initial.parquet", columns=["id_str"])["id_str"]
         known = read_votes(seed_dir / "known_votes.parquet", schema)
@@ -296,7 +296,7 @@ def analyse(out: Path, png: Path, json_path: Path) -> None:
             print_efficiency(results, name)
     print_informativeness(out, Path(summary["release"]), config.round.schema_name)
     if "random" in names:
-        print_per_question(out, config)
+        print_per_question(out, config, seeds)
     print_acquired(out, Path(summary["release"]))
     plot(results, png, config.question)
     print(f"\nplot: {png}")
