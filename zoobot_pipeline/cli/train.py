@@ -29,6 +29,8 @@ RELIABILITY_PNG = "reliability.png"
 
 FinetuneTask = choices("FinetuneTask", TASKS)
 Precision = choices("Precision", PRECISION_VARIANTS[1:])
+FRAMEWORKS = ("torch", "tensorflow")
+Framework = choices("Framework", FRAMEWORKS)
 Overwrite = Annotated[bool, typer.Option(
     help="Replace an existing --out that is not this command's earlier output (only the files this command writes "
          "are replaced).")]
@@ -63,10 +65,13 @@ def pretrain(
     out: Annotated[Path, typer.Option(help="Checkpoint directory to write (the best epoch).")],
     votes: Annotated[Path | None, typer.Option(help="Votes catalogue (default: RELEASE/votes.parquet).")] = None,
     schema: Annotated[str, typer.Option(help="Decision tree of the votes (built-in name or YAML).")] = "decals_dr5",
-    architecture: Annotated[str, typer.Option(help="Any timm architecture name.")] = "efficientnet_b0",
+    architecture: Annotated[str, typer.Option(
+        help="torch: any timm architecture name; tensorflow: efficientnet_b0, convnext_tiny or test_resnet.")]
+    = "efficientnet_b0",
     input_size: Annotated[int, typer.Option(help="Model input size in pixels.")] = 224,
     preprocessing: Annotated[str, typer.Option(
         help=f"{', '.join(PREPROCESSING_PRESETS)}, or a PreprocessingConfig JSON.")] = "gz_decals",
+    framework: Annotated[Framework, typer.Option(help="Training framework (backend).")] = Framework.torch,
     overwrite: Overwrite = False,
     *,
     training: TrainingOptions,
@@ -77,7 +82,7 @@ def pretrain(
     config = _preprocessing(preprocessing, input_size)
     model_config = models.ModelConfig.from_preprocessing(config, architecture=architecture, schema_name=schema)
     path = models.pretrain(release, votes or release / "votes.parquet", out, model_config, preprocessing=config,
-                           overwrite=overwrite, **training.keywords())
+                           framework=framework.value, overwrite=overwrite, **training.keywords())
     console.print(f"best checkpoint: {path}")
 
 
@@ -95,9 +100,12 @@ def finetune(
     = "0",
     lr_decay: Annotated[float, typer.Option(help="Layer-wise LR decay per block from the top.")] = 0.75,
     from_scratch: Annotated[bool, typer.Option(help="Train the same head on a random encoder (baseline).")] = False,
-    architecture: Annotated[str, typer.Option(help="With --from-scratch: the timm architecture.")]
+    architecture: Annotated[str, typer.Option(help="With --from-scratch: the architecture (as for pretrain).")]
     = "efficientnet_b0",
     input_size: Annotated[int, typer.Option(help="With --from-scratch: input size in pixels.")] = 224,
+    framework: Annotated[Framework | None, typer.Option(
+        help="Training framework: the checkpoint's (a different one is an error); torch with --from-scratch.")]
+    = None,
     overwrite: Overwrite = False,
     *,
     training: TrainingOptions,
@@ -116,7 +124,9 @@ def finetune(
         preprocessing = preset("gz_decals", input_size)
         model_config = models.ModelConfig.from_preprocessing(preprocessing, architecture=architecture)
     path = models.finetune(checkpoint, release, labels, out, config, model_config=model_config,
-                           preprocessing=preprocessing, overwrite=overwrite, **training.keywords())
+                           preprocessing=preprocessing, framework=None if framework is None else framework.value,
+                           overwrite=overwrite,
+                           **training.keywords())
     console.print(f"best checkpoint: {path}")
 
 

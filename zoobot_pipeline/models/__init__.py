@@ -6,6 +6,8 @@
 - :mod:`.labels`, :mod:`.images`, :mod:`.job`: finetuning labels, labelled images in memory, checked training jobs.
 - :mod:`.training`: :func:`pretrain`, :func:`finetune`, :func:`predict`, :func:`evaluate`, :func:`load_checkpoint`.
 - ``models/torch/``: everything that needs PyTorch (imported only when the ``torch`` backend is first used).
+- ``models/tensorflow/``: everything that needs TensorFlow/Keras (imported only when the ``tensorflow`` backend is
+  first used).
 
 Nothing here imports a training framework.
 """

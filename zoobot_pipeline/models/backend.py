@@ -100,7 +100,8 @@ class Backend(Protocol):
         ...
 
 
-_BACKENDS: dict[str, str | Backend] = {"torch": "zoobot_pipeline.models.torch.backend:BACKEND"}
+_BACKENDS: dict[str, str | Backend] = {"torch": "zoobot_pipeline.models.torch.backend:BACKEND",
+                                       "tensorflow": "zoobot_pipeline.models.tensorflow.backend:BACKEND"}
 
 
 def register_backend(name: str, backend: str | Backend) -> None:

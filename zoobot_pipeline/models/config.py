@@ -25,7 +25,8 @@ class ModelConfig(BaseModel):
 
     architecture: str = Field(default="efficientnet_b0", min_length=1, max_length=200,
                               pattern=r"^[A-Za-z0-9_.:/-]+$")
-    """A timm model name (the backend checks that the framework knows it: ``Backend.check_model``)."""
+    """The backbone: a timm model name for torch; efficientnet_b0, convnext_tiny or test_resnet for tensorflow (the
+    backend checks that it can build it: ``Backend.check_model``)."""
     schema_name: str = "decals_dr5"
     in_channels: int = Field(default=3, ge=1)
     input_size: int = Field(default=224, ge=8)

@@ -19,9 +19,10 @@ from typing import Any
 import pyarrow as pa
 
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
+from zoobot_pipeline.errors import ZoobotPipelineError
 from zoobot_pipeline.io import prepare_output_dir
 from zoobot_pipeline.models.backend import Backend, checkpoint_backend, get_backend
-from zoobot_pipeline.models.checkpoint import CHECKPOINT_JSON
+from zoobot_pipeline.models.checkpoint import CHECKPOINT_JSON, read_checkpoint_json
 from zoobot_pipeline.models.config import (
     DistributedConfig,
     FinetuneConfig,
@@ -44,9 +45,10 @@ def pretrain(release_dir: str | Path, votes_path: str | Path, out_dir: str | Pat
              preprocessing: PreprocessingConfig | None = None, *, workers: int = 1, gpus_per_worker: float = 0.0,
              cpus_per_worker: float = 1.0, ray_address: str | None = None, max_failures: int = 2,
              storage_path: str | Path | None = None, resume_from: str | Path | None = None,
-             keep_run_dir: bool = False, quiet: bool = True, backend: str = "torch", overwrite: bool = False) -> Path:
+             keep_run_dir: bool = False, quiet: bool = True, framework: str = "torch", overwrite: bool = False) -> Path:
     """Pretrain a Zoobot-style model on a release's voted galaxies; returns ``out_dir`` (the best checkpoint).
 
+    ``framework`` names the backend that trains (``torch`` or ``tensorflow``, :func:`available_backends`).
     ``preprocessing`` defaults to the GZ DECaLS convention at the model's input size; ``model_config`` to one matching
     ``preprocessing``. See :class:`DistributedConfig` for the distributed options (``keep_run_dir`` among them).
     ``out_dir`` may be an earlier checkpoint (replaced); another non-empty directory only with ``overwrite`` (only
@@ -58,7 +60,7 @@ def pretrain(release_dir: str | Path, votes_path: str | Path, out_dir: str | Pat
     preprocessing = preprocessing or default_preprocessing(model_config)
     model_config = model_config or ModelConfig.from_preprocessing(preprocessing)
     training_config = training_config or TrainingConfig()
-    chosen = _checked_backend(backend, training_config, distributed)
+    chosen = _checked_backend(framework, training_config, distributed)
     chosen.check_model(model_config)
     job = pretrain_job(release_dir, votes_path, model_config, training_config, preprocessing)
     return chosen.train(job, out_dir, distributed, quiet)
@@ -70,7 +72,7 @@ def finetune(checkpoint_dir: str | Path | None, release_dir: str | Path, labels_
              workers: int = 1, gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0,
              ray_address: str | None = None, max_failures: int = 2, storage_path: str | Path | None = None,
              resume_from: str | Path | None = None, keep_run_dir: bool = False, quiet: bool = True,
-             backend: str = "torch", overwrite: bool = False) -> Path:
+             framework: str | None = None, overwrite: bool = False) -> Path:
     """Finetune a pretrained checkpoint on a labels file (``id_str`` + label columns); returns ``out_dir``.
 
     The finetuned model is written as a checkpoint of kind ``"finetuned"`` that :func:`load_checkpoint`,
@@ -78,13 +80,14 @@ def finetune(checkpoint_dir: str | Path | None, release_dir: str | Path, labels_
     initialised encoder built from ``model_config`` (every block trainable at ``lr``): the from-scratch baseline.
     Preprocessing is the checkpoint's; from scratch it is ``preprocessing`` (default GZ DECaLS at the model's size).
     ``out_dir`` and ``overwrite`` as for :func:`pretrain`; it must not overlap ``checkpoint_dir`` either.
+    ``framework`` defaults to the checkpoint's (another one is an error), from scratch to ``torch``.
     """
     distributed = _distributed(workers, gpus_per_worker, cpus_per_worker, ray_address, max_failures, storage_path,
                                resume_from, keep_run_dir)
     _check_output(out_dir, distributed, overwrite,
                   [release_dir] if checkpoint_dir is None else [release_dir, checkpoint_dir])
     training_config = training_config or TrainingConfig()
-    chosen = _checked_backend(backend, training_config, distributed)
+    chosen = _checked_backend(_finetune_framework(checkpoint_dir, framework), training_config, distributed)
     if model_config is not None and checkpoint_dir is None:
         chosen.check_model(model_config)
     job = finetune_job(checkpoint_dir, release_dir, labels_path, finetune_config, training_config, model_config,
@@ -140,6 +143,18 @@ def _check_output(out_dir: str | Path, distributed: DistributedConfig, overwrite
         storage = distributed.storage_path or f"{Path(out_dir).resolve()}.ray"
         # Ray keeps adding run directories there (and resumes from them): only a file or an overlap is refused
         prepare_output_dir(storage, marker=CHECKPOINT_JSON, what="Ray run directory", overwrite=True, inputs=inputs)
+
+
+def _finetune_framework(checkpoint_dir: str | Path | None, framework: str | None) -> str:
+    """The framework a finetuning job trains with: the checkpoint's (``framework`` may only repeat it), or
+    ``framework`` (default torch) from scratch."""
+    if checkpoint_dir is None:
+        return framework or "torch"
+    recorded = read_checkpoint_json(checkpoint_dir)["framework"]["name"]
+    if framework is not None and framework != recorded:
+        raise ZoobotPipelineError(f"framework {framework!r}: {checkpoint_dir} is a {recorded} checkpoint and "
+                                  f"finetuning keeps its framework; leave framework out or give {recorded!r}")
+    return recorded
 
 
 def _checked_backend(name: str, training: TrainingConfig, distributed: DistributedConfig) -> Backend:

@@ -16,19 +16,16 @@ import torch
 from torch.utils.data import DataLoader
 
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
-from zoobot_pipeline.data.release import Release
-from zoobot_pipeline.data.votes import read_votes, vote_matrix
-from zoobot_pipeline.errors import LabelsError, VotesError
+from zoobot_pipeline.errors import LabelsError
 from zoobot_pipeline.models.checkpoint import read_checkpoint_json
 from zoobot_pipeline.models.images import LabelledImages, load_images
-from zoobot_pipeline.models.labels import read_finetune_labels
+from zoobot_pipeline.models.predictions import evaluation_labels, prediction_ids, tree_columns
 from zoobot_pipeline.models.torch.checkpoint import load_checkpoint
 from zoobot_pipeline.models.torch.data import GalaxyDataset
 from zoobot_pipeline.models.torch.finetune import FinetuneModel, finetune_loss
 from zoobot_pipeline.models.torch.loss import dirichlet_multinomial_loss
 from zoobot_pipeline.models.torch.model import ZoobotModel
-from zoobot_pipeline.schemas import Schema
-from zoobot_pipeline.stats import expected_fractions, vote_fraction_metrics
+from zoobot_pipeline.stats import vote_fraction_metrics
 
 __all__ = ["evaluate_checkpoint", "predict_checkpoint"]
 
@@ -45,27 +42,12 @@ def _outputs(model: torch.nn.Module, data: LabelledImages, batch_size: int) -> t
     return torch.cat(outputs), torch.cat(targets)
 
 
-def _tree_columns(concentrations: np.ndarray, schema: Schema) -> dict[str, np.ndarray]:
-    """``{label}_fraction`` (expected vote fraction) and ``{label}_concentration`` for every answer."""
-    fractions = expected_fractions(concentrations, schema)
-    columns = {}
-    for i, label in enumerate(schema.label_cols):
-        columns[f"{label}_fraction"] = fractions[:, i]
-        columns[f"{label}_concentration"] = concentrations[:, i]
-    return columns
-
-
 def predict_checkpoint(checkpoint_dir: str | Path, release_dir: str | Path, ids: Sequence[str] | None = None,
                        batch_size: int = 64) -> pa.Table:
     """See :func:`zoobot_pipeline.models.predict`."""
     model = load_checkpoint(checkpoint_dir)
     preprocessing = PreprocessingConfig.model_validate(read_checkpoint_json(checkpoint_dir)["preprocessing"])
-    known = Release.open(release_dir).sources.column("id_str").cast(pa.string()).to_pylist()
-    if ids is None:
-        ids = known
-    missing = sorted(set(ids) - set(known))
-    if missing:
-        raise ValueError(f"{release_dir}: {len(missing)} requested id_str not in the release, e.g. {missing[:5]}")
+    ids = prediction_ids(release_dir, ids)
     data = load_images(release_dir, list(ids), np.zeros(len(ids), dtype=np.int64), preprocessing)
     outputs = _outputs(model, data, batch_size)[0].numpy()
     columns: dict[str, np.ndarray | list[str]] = {"id_str": data.ids}
@@ -76,7 +58,7 @@ def predict_checkpoint(checkpoint_dir: str | Path, release_dir: str | Path, ids:
     elif isinstance(model, FinetuneModel) and model.task == "regression":
         columns.update({name: outputs[:, i] for i, name in enumerate(model.output_names)})
     else:
-        columns.update(_tree_columns(outputs, model.schema))
+        columns.update(tree_columns(outputs, model.schema))
     return pa.table(columns)
 
 
@@ -85,22 +67,9 @@ def evaluate_checkpoint(checkpoint_dir: str | Path, release_dir: str | Path, lab
     """See :func:`zoobot_pipeline.models.evaluate`."""
     model: ZoobotModel | FinetuneModel = load_checkpoint(checkpoint_dir)
     preprocessing = PreprocessingConfig.model_validate(read_checkpoint_json(checkpoint_dir)["preprocessing"])
-    if isinstance(model, FinetuneModel):
-        labels = read_finetune_labels(labels_path, model.config, model.class_names)
-        if ids is not None:
-            labels = labels.select(ids)
-        label_ids, targets_in = labels.ids, labels.targets
-    else:
-        votes = read_votes(labels_path, model.schema)
-        label_ids = votes.column("id_str").to_pylist()
-        targets_in = vote_matrix(votes, model.schema)
-        if ids is not None:
-            row_of = {id_str: row for row, id_str in enumerate(label_ids)}
-            missing = [i for i in ids if i not in row_of]
-            if missing:
-                raise VotesError(f"{labels_path}: {len(missing)} requested ids have no votes, e.g. {missing[:5]}")
-            targets_in = targets_in[[row_of[i] for i in ids]]
-            label_ids = list(ids)
+    finetuned = isinstance(model, FinetuneModel)
+    label_ids, targets_in = evaluation_labels(labels_path, model.config if finetuned else None,
+                                              model.class_names if finetuned else None, model.schema, ids)
     data = load_images(release_dir, label_ids, targets_in, preprocessing)
     if not data.ids:
         raise LabelsError(f"{labels_path}: none of its {len(label_ids)} galaxies has a usable cutout in the release "

@@ -1,0 +1,244 @@
+"""Local training with TensorFlow, for pretraining and finetuning: the torch backend's loop, in Keras.
+
+The same job (:class:`~zoobot_pipeline.models.job.TrainingJob`), images (:mod:`zoobot_pipeline.models.images`),
+validation split, augmentations (:mod:`.augment`), loss, AdamW (same betas, epsilon 1e-8, decoupled weight decay on
+every variable), LR schedules (``cosine``: cosine to 0 over all steps; ``onecycle``: torch's ``OneCycleLR`` defaults
+for the LR, without its momentum cycling; ``constant``; ``plateau``: torch's ``ReduceLROnPlateau`` rule), gradient
+clipping and early stopping on validation loss as the torch backend; a finetuning job gets one optimizer per
+LR group (the head, then each unfrozen block). Whenever validation loss improves, the model is written to
+``out_dir`` (so a crash leaves the best model so far); at the end the best epoch's weights are written there with the
+run's summary. Training runs in float32 on the CPU (``tensorflow-cpu``); other precisions and ``--compile`` are
+refused up front.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from zoobot_pipeline.errors import UnavailableError, ZoobotPipelineError
+from zoobot_pipeline.models.config import TrainingConfig
+from zoobot_pipeline.models.images import LabelledImages, load_images, load_labelled_images, validation_mask
+from zoobot_pipeline.models.job import TrainingJob
+from zoobot_pipeline.models.labels import finetune_schema, read_finetune_labels
+from zoobot_pipeline.models.tensorflow.augment import augment_batch
+from zoobot_pipeline.models.tensorflow.checkpoint import load_checkpoint, save_checkpoint
+from zoobot_pipeline.models.tensorflow.finetune import freeze, variable_groups
+from zoobot_pipeline.models.tensorflow.loss import dirichlet_multinomial_loss
+from zoobot_pipeline.models.tensorflow.model import TFModel, build_encoder, build_finetune_model, build_model
+from zoobot_pipeline.progress import progress_bar
+
+__all__ = ["OneCycle", "Plateau", "check_training", "learning_rate_schedule", "model_loss", "run_training"]
+
+
+def check_training(config: TrainingConfig) -> None:
+    """Refuse, before any work, training options the tensorflow backend does not have."""
+    if config.precision != "fp32":
+        raise UnavailableError(f"--precision {config.precision}: the tensorflow backend trains in fp32 only")
+    if config.compile:
+        raise UnavailableError("--compile is torch.compile: the tensorflow backend has no such option")
+    if config.device not in ("auto", "cpu"):
+        raise UnavailableError(f"training device {config.device!r}: the tensorflow backend (tensorflow-cpu) trains "
+                               "on the CPU only; use --device auto or cpu")
+
+
+def model_loss(model: TFModel):
+    """``loss(outputs, targets)``, the batch mean: Dirichlet-Multinomial (vote counts), cross-entropy on logits
+    (class indices) or mean squared error, as the torch backend."""
+    if model.task == "dirichlet":
+        schema = model.schema
+        return lambda outputs, targets: dirichlet_multinomial_loss(targets, outputs, schema)
+    if model.task == "classification":
+        return lambda outputs, targets: tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+            tf.cast(targets, tf.int64), outputs))
+    return lambda outputs, targets: tf.reduce_mean(tf.square(outputs - tf.reshape(targets, tf.shape(outputs))))
+
+
+class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
+    """torch's ``OneCycleLR`` learning rate with its defaults (30% cosine warm-up from ``max_lr / 25``, cosine
+    annealing to ``max_lr / 25 / 1e4``)."""
+
+    def __init__(self, max_lr: float, total_steps: int) -> None:
+        self.max_lr, self.total_steps = max_lr, total_steps
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float64)
+        initial, peak = self.max_lr / 25.0, self.max_lr
+        final = initial / 1e4
+        warm_end = 0.3 * self.total_steps - 1
+        end = self.total_steps - 1
+
+        def anneal(start, stop, pct):
+            return stop + (start - stop) / 2.0 * (tf.cos(math.pi * pct) + 1.0)
+
+        rising = anneal(initial, peak, step / warm_end) if warm_end > 0 else tf.constant(peak, tf.float64)
+        falling = anneal(peak, final, (step - warm_end) / max(end - warm_end, 1e-12))
+        return tf.cast(tf.where(step <= warm_end, rising, falling), tf.float32)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"max_lr": self.max_lr, "total_steps": self.total_steps}
+
+
+class Plateau:
+    """torch's ``ReduceLROnPlateau`` (mode min, relative threshold 1e-4): multiply every optimizer's LR by ``factor``
+    after more than ``patience`` epochs without improvement."""
+
+    def __init__(self, optimizers: list[keras.optimizers.Optimizer], factor: float, patience: int) -> None:
+        self.optimizers, self.factor, self.patience = optimizers, factor, patience
+        self.best, self.bad = math.inf, 0
+
+    def step(self, val_loss: float) -> None:
+        """End of an epoch: count it as an improvement or not, and lower the LR after too many without."""
+        if val_loss < self.best * (1 - 1e-4):
+            self.best, self.bad = val_loss, 0
+        else:
+            self.bad += 1
+        if self.bad > self.patience:
+            for optimizer in self.optimizers:
+                optimizer.learning_rate.assign(optimizer.learning_rate * self.factor)
+            self.bad = 0
+
+
+def learning_rate_schedule(config: TrainingConfig, lr: float, total_steps: int):
+    """The learning rate of ``config.schedule`` starting at ``lr``: a per-step schedule over ``total_steps``
+    (``cosine``, ``onecycle``), or a constant (``constant``; ``plateau`` changes it per epoch, see :class:`Plateau`)."""
+    if config.schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(lr, decay_steps=total_steps)
+    if config.schedule == "onecycle":
+        return OneCycle(lr, total_steps)
+    return lr
+
+
+def _optimizers(groups: list[tuple[list, float]], config: TrainingConfig,
+                steps_per_epoch: int) -> list[keras.optimizers.Optimizer]:
+    total = max(1, config.epochs * steps_per_epoch)
+    optimizers = []
+    for variables, multiplier in groups:
+        optimizer = keras.optimizers.AdamW(learning_rate=learning_rate_schedule(config, config.lr * multiplier, total),
+                                           weight_decay=config.weight_decay, beta_1=0.9, beta_2=0.999,
+                                           epsilon=1e-8)
+        optimizer.build(variables)
+        optimizers.append(optimizer)
+    return optimizers
+
+
+def _build(job: TrainingJob) -> tuple[TFModel, LabelledImages, int | None, dict[str, Any]]:
+    """The job's model (seeded by ``job.training.seed``), its labelled images, the number of unfrozen encoder blocks
+    (None for pretraining) and the summary's first fields."""
+    seed = job.training.seed
+    keras.utils.set_random_seed(seed)
+    unfrozen = None
+    if job.kind == "pretrain":
+        if job.model is None:
+            raise ValueError("a pretraining job needs a model config")
+        model = build_model(job.model)
+        data = load_labelled_images(job.release_dir, job.labels_path, model.schema, job.preprocessing)
+    else:
+        if job.finetune is None or (job.base_checkpoint is None and job.model is None):
+            raise ValueError("a finetuning job needs a finetune config and a base checkpoint or model config")
+        labels = read_finetune_labels(job.labels_path, job.finetune)
+        if job.base_checkpoint is not None:
+            base = load_checkpoint(job.base_checkpoint)
+            if base.kind != "pretrained":
+                raise ZoobotPipelineError(f"{job.base_checkpoint}: finetuning starts from a pretrained checkpoint")
+            encoder, base_config = base.encoder, base.config
+        else:
+            encoder, base_config = build_encoder(job.model), job.model
+        model = build_finetune_model(encoder, base_config, job.finetune, finetune_schema(job.finetune),
+                                     labels.class_names)
+        unfrozen = freeze(model, job.finetune.n_blocks)
+        data = load_images(job.release_dir, labels.ids, labels.targets, job.preprocessing)
+    summary = {"kind": job.kind, "n_labelled": len(data.ids), "n_rejected": data.n_rejected,
+               "n_missing": data.n_missing, "release": str(Path(job.release_dir).resolve())}
+    if job.base_checkpoint is not None:
+        summary["base_checkpoint"] = str(Path(job.base_checkpoint).resolve())
+    return model, data, unfrozen, summary
+
+
+def _targets(data: LabelledImages) -> np.ndarray:
+    return data.targets if data.targets.ndim == 1 else data.targets.astype(np.float32)
+
+
+def run_training(job: TrainingJob, out_dir: str | Path, quiet: bool = True) -> Path:
+    """Train ``job`` in this process; returns ``out_dir``, the best epoch's checkpoint (its ``metrics`` hold the
+    summary: ``n_train``, ``n_val``, ``best_epoch``, ``best_val_loss``, ``history`` ... as the torch backend)."""
+    config = job.training
+    check_training(config)
+    model, data, unfrozen, first = _build(job)
+    is_val = validation_mask(data.ids, config.val_fraction, config.seed)
+    if is_val.all() or not is_val.any():
+        raise ValueError(f"{len(data.ids)} usable galaxies give an empty training or validation split "
+                         f"(val_fraction={config.val_fraction})")
+    train, val = data.subset(~is_val), data.subset(is_val)
+    train_targets, val_targets = _targets(train), _targets(val)
+    batch = config.batch_size
+    drop_last = len(train.ids) > batch
+    steps = len(train.ids) // batch if drop_last else 1
+    groups = variable_groups(model, unfrozen, job.finetune.lr_decay if job.finetune is not None else 1.0)
+    optimizers = _optimizers(groups, config, steps)
+    plateau = Plateau(optimizers, config.plateau_factor, config.plateau_patience) \
+        if config.schedule == "plateau" else None
+    loss_fn = model_loss(model)
+    net = model.net
+    bounds = np.cumsum([0] + [len(variables) for variables, _ in groups])
+    variables = [v for group, _ in groups for v in group]
+
+    @tf.function(reduce_retracing=True)
+    def train_step(images: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            loss = loss_fn(net(images, training=True), targets)
+        grads = tape.gradient(loss, variables)
+        if config.grad_clip is not None:
+            grads, _ = tf.clip_by_global_norm(grads, config.grad_clip)
+        for optimizer, start, end in zip(optimizers, bounds[:-1], bounds[1:], strict=True):
+            optimizer.apply_gradients(zip(grads[start:end], variables[start:end], strict=True))
+        return loss
+
+    @tf.function(reduce_retracing=True)
+    def val_step(images: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
+        return loss_fn(net(images, training=False), targets)
+
+    history: list[dict[str, float]] = []
+    best = {"epoch": -1, "loss": math.inf, "weights": None}
+
+    def summary() -> dict[str, Any]:
+        return {**first, "world_size": 1, "n_train": len(train.ids), "n_val": len(val.ids),
+                "resumed_after_epoch": None, "best_epoch": best["epoch"], "best_val_loss": best["loss"],
+                "history": list(history)}
+
+    with progress_bar(not quiet, config.epochs * steps, "training", "steps") as advance:
+        for epoch in range(config.epochs):
+            if best["epoch"] >= 0 and epoch - 1 - best["epoch"] >= config.patience:
+                break
+            lr = float(keras.ops.convert_to_tensor(optimizers[0].learning_rate))
+            order = np.random.default_rng([config.seed, epoch]).permutation(len(train.ids))
+            total, count = 0.0, 0
+            for step in range(steps):
+                rows = order[step * batch:(step + 1) * batch] if drop_last else order
+                images = train.images[rows]
+                if config.augmentation is not None:
+                    images = augment_batch(images, config.augmentation, config.seed, epoch, rows)
+                loss = float(train_step(tf.constant(images), tf.constant(train_targets[rows])))
+                total, count = total + loss * len(rows), count + len(rows)
+                advance()
+            val_total = 0.0
+            for start in range(0, len(val.ids), batch):
+                rows = slice(start, start + batch)
+                n = len(val.ids[rows])
+                val_total += float(val_step(tf.constant(val.images[rows]), tf.constant(val_targets[rows]))) * n
+            train_loss, val_loss = total / max(count, 1), val_total / len(val.ids)
+            if plateau is not None:
+                plateau.step(val_loss)
+            history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr})
+            if val_loss < best["loss"]:
+                best.update(epoch=epoch, loss=val_loss, weights=net.get_weights())
+                save_checkpoint(model, out_dir, job.preprocessing, config, summary())
+    if not math.isfinite(best["loss"]):
+        raise RuntimeError("training finished without a finite validation loss")
+    net.set_weights(best["weights"])
+    return save_checkpoint(model, out_dir, job.preprocessing, config, summary())
