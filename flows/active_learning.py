@@ -97,7 +97,7 @@ def active_learning_cycle(release_dir: Path, new_votes: Path, labelled_votes: Pa
                           device: str = "cpu", image_format: ImageFormat = "png",
                           project_id: int | None = None, subject_set_id: int | None = None,
                           endpoint: str = DEFAULT_ENDPOINT, dry_run: bool = True,
-                          current_package: Path | None = None, sampling: str = "top_k", beta: float = 1.0,
+                          current_package: Path | None = None, sampling: str | None = None, beta: float = 1.0,
                           random_fraction: float = 0.0,
                           exclude_answers: list[str] | None = None) -> CycleResult | None:
     """Fold ``new_votes`` into ``labelled_votes`` (Parquet), finetune ``pretrained`` on them, export, score the pool

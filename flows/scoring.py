@@ -135,7 +135,7 @@ def rank_and_queue(catalogue: Path, release_dir: Path, queue_dir: Path, top_k: i
                    per_tile_quota: int | None = None, seed: int = 0, run_key: str | None = None,
                    manifest_dir: Path | None = None, image_format: ImageFormat = "png",
                    project_id: int | None = None, subject_set_id: int | None = None,
-                   endpoint: str = DEFAULT_ENDPOINT, dry_run: bool = True, sampling: str = "top_k",
+                   endpoint: str = DEFAULT_ENDPOINT, dry_run: bool = True, sampling: str | None = None,
                    beta: float = 1.0, random_fraction: float = 0.0,
                    exclude_answers: list[str] | None = None) -> QueueResult:
     """Rank a catalogue into ``queue_dir`` (skipping galaxies queued there before and, with ``exclude_votes``, those
@@ -143,7 +143,8 @@ def rank_and_queue(catalogue: Path, release_dir: Path, queue_dir: Path, top_k: i
     ``QUEUE/manifests/{run_id}``) and, given a project and subject set, upload it (``dry_run`` reports only).
     ``sampling``/``beta`` draw the batch stochastically, ``random_fraction`` of it uniformly, and ``exclude_answers``
     skip galaxies by the model's answers (e.g. ``["smooth-or-featured-dr5_artifact>=0.5"]``): see
-    :func:`~zoobot_pipeline.active.ranking.rank_catalogue`; the defaults rank as before (top K, nothing random)."""
+    :func:`~zoobot_pipeline.active.ranking.rank_catalogue`; by default a power-sampled batch (the label-efficiency
+    benchmark's choice), nothing drawn uniformly, nothing excluded by its answers."""
     options = {"acquisition": acquisition, "weights": weights, "exclude_votes": exclude_votes,
                "min_votes": min_votes, "schema": schema_name, "per_tile_quota": per_tile_quota, "seed": seed,
                "sampling": sampling, "beta": beta, "random_fraction": random_fraction,

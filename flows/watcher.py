@@ -82,7 +82,7 @@ def watch_releases(releases_root: Path, package_dir: Path, outputs_root: Path, t
                    ray_address: str | None = None, workers: int | None = None, gpus_per_worker: float = 0.0,
                    image_format: ImageFormat = "png", project_id: int | None = None,
                    subject_set_id: int | None = None, endpoint: str = DEFAULT_ENDPOINT,
-                   dry_run: bool = True, sampling: str = "top_k", beta: float = 1.0, random_fraction: float = 0.0,
+                   dry_run: bool = True, sampling: str | None = None, beta: float = 1.0, random_fraction: float = 0.0,
                    exclude_answers: list[str] | None = None) -> list[str]:
     """Score each release under ``releases_root`` not yet in the ledger with ``package_dir`` and queue its ``top_k``
     most wanted galaxies (``score_release`` + ``rank_and_queue``, which describes ``sampling``, ``beta``,

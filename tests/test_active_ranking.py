@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,9 @@ from zoobot_pipeline.catalogue import catalogue_files, catalogue_questions
 from zoobot_pipeline.cli import app
 from zoobot_pipeline.errors import UnknownNameError, ZoobotPipelineError
 from zoobot_pipeline.schemas import get_schema
+
+# these tests check the ranking's mechanics against an independent full sort: the deterministic top K
+rank_top_k = partial(rank_catalogue, sampling="top_k")
 
 SCHEMA = get_schema("decals_dr5")
 QUESTIONS = [q.name for q in SCHEMA.questions]
@@ -178,7 +182,7 @@ def test_acquisition_functions_are_a_registry_users_can_extend(tmp_path, monkeyp
     acq.register_acquisition("strong_bars", strong_bars, columns=[column])
     assert acq.available_acquisitions()[-1] == "strong_bars"
     assert acq.required_columns("strong_bars", QUESTIONS) == ["id_str", column]
-    queue = rank_catalogue(tmp_path / "cat", 9, acquisition="strong_bars", batch_size=7)
+    queue = rank_top_k(tmp_path / "cat", 9, acquisition="strong_bars", batch_size=7)
     expected = full_sort(frame, frame[column].astype(np.float64).to_numpy())
     assert queue["id_str"].to_pylist() == expected["id_str"].head(9).tolist()
     assert set(queue["acquisition_function"].to_pylist()) == {"strong_bars"} and queue["top_question"].null_count == 9
@@ -190,7 +194,7 @@ def test_acquisition_functions_are_a_registry_users_can_extend(tmp_path, monkeyp
         return asked.max(axis=1), asked.argmax(axis=1)
 
     acq.register_acquisition("asked_most", asked_most, per_question=["probability_asked"])
-    queue = rank_catalogue(tmp_path / "cat", 5, acquisition="asked_most", weights={"bar-dr5": 2.0})
+    queue = rank_top_k(tmp_path / "cat", 5, acquisition="asked_most", weights={"bar-dr5": 2.0})
     asked = frame[[f"{q}_probability_asked" for q in QUESTIONS]].to_numpy(np.float64) * [
         2.0 if q == "bar-dr5" else 1.0 for q in QUESTIONS]
     expected = full_sort(frame.assign(top=[QUESTIONS[i] for i in asked.argmax(axis=1)]), asked.max(axis=1)).head(5)
@@ -201,10 +205,10 @@ def test_acquisition_functions_are_a_registry_users_can_extend(tmp_path, monkeyp
         acq.register_acquisition("strong_bars", strong_bars)
     acq.register_acquisition("strong_bars", lambda batch, questions, weights, seed: np.zeros(2), replace=True)
     with pytest.raises(ZoobotPipelineError, match=r"'strong_bars' returned scores \(2,\)"):
-        rank_catalogue(tmp_path / "cat", 3, acquisition="strong_bars")
+        rank_top_k(tmp_path / "cat", 3, acquisition="strong_bars")
     with pytest.raises(UnknownNameError, match="unknown per-question quantity 'fraction'"):
         acq.register_acquisition("fractions", strong_bars, per_question=["fraction"])
-    for call in (lambda: rank_catalogue(tmp_path / "cat", 3, acquisition="bald"),
+    for call in (lambda: rank_top_k(tmp_path / "cat", 3, acquisition="bald"),
                  lambda: acq.required_columns("bald", QUESTIONS)):
         with pytest.raises(UnknownNameError, match="unknown acquisition function 'bald'; use one of "
                                                    "mutual_information, entropy, random, class_mutual_information, "
@@ -238,8 +242,8 @@ def test_streaming_top_k_equals_a_full_sort_of_the_catalogue(tmp_path):
     assert len(catalogue_files(tmp_path / "cat")) == 4
     scores, tops = independent_scores(frame)
     expected = full_sort(frame.assign(top=tops), scores).head(37)
-    small = rank_catalogue(tmp_path / "cat", 37, batch_size=7)
-    large = rank_catalogue(tmp_path / "cat", 37)
+    small = rank_top_k(tmp_path / "cat", 37, batch_size=7)
+    large = rank_top_k(tmp_path / "cat", 37)
     assert small.drop_columns(["created", "run_id"]).equals(large.drop_columns(["created", "run_id"]))
     got = small.to_pandas()
     assert got["rank"].tolist() == list(range(1, 38))
@@ -255,11 +259,11 @@ def test_streaming_top_k_equals_a_full_sort_of_the_catalogue(tmp_path):
     # the ties in the catalogue really are broken by id_str
     assert (expected["score"].diff() == 0).sum() > 0
 
-    weighted = rank_catalogue(tmp_path / "cat", 10, weights={"bar-dr5": 4.0}, acquisition="entropy", batch_size=11)
+    weighted = rank_top_k(tmp_path / "cat", 10, weights={"bar-dr5": 4.0}, acquisition="entropy", batch_size=11)
     entropy_scores, _ = independent_scores(frame, "entropy", {"bar-dr5": 4.0})
     assert weighted["id_str"].to_pylist() == full_sort(frame, entropy_scores)["id_str"].head(10).tolist()
 
-    chance = rank_catalogue(tmp_path / "cat", 10, acquisition="random", seed=5, batch_size=13)
+    chance = rank_top_k(tmp_path / "cat", 10, acquisition="random", seed=5, batch_size=13)
     eligible = frame[~frame["flagged"]]
     by_hash = eligible.assign(score=acq.random(eligible["id_str"].tolist(), seed=5))
     assert chance["id_str"].to_pylist() == by_hash.nlargest(10, "score")["id_str"].tolist()
@@ -271,7 +275,7 @@ def test_a_single_file_catalogue_and_flagged_rows(tmp_path):
     flagged = {"g03", "g07", "g11"}
     table = catalogue_table(ids, ["t0"] * 30, seed=2, flagged=flagged)
     pq.write_table(table, tmp_path / "one.parquet")
-    queue = rank_catalogue(tmp_path / "one.parquet", 100)
+    queue = rank_top_k(tmp_path / "one.parquet", 100)
     assert queue.num_rows == 27 and not flagged & set(queue["id_str"].to_pylist())
 
 
@@ -287,12 +291,12 @@ def test_galaxies_with_enough_votes_are_excluded(tmp_path):
         votes[col] = [c[first.index(col)] if col in first else 0 for c in counts.values()]
     pq.write_table(pa.table(votes), tmp_path / "votes.parquet")
 
-    queue = rank_catalogue(tmp_path / "cat", 5, exclude_votes=tmp_path / "votes.parquet")
+    queue = rank_top_k(tmp_path / "cat", 5, exclude_votes=tmp_path / "votes.parquet")
     # top[0] (3 votes), top[1] (3) and top[3] (40) have enough; top[2] (2 votes) does not
     expected = [i for i in ranked["id_str"] if i not in {top[0], top[1], top[3]}][:5]
     assert queue["id_str"].to_pylist() == expected
     assert json.loads(queue.schema.metadata[b"zoobot_pipeline.rank"])["skipped_labelled"] == 3
-    stricter = rank_catalogue(tmp_path / "cat", 5, exclude_votes=tmp_path / "votes.parquet", min_votes=2)
+    stricter = rank_top_k(tmp_path / "cat", 5, exclude_votes=tmp_path / "votes.parquet", min_votes=2)
     assert top[2] not in stricter["id_str"].to_pylist()
 
 
@@ -301,7 +305,7 @@ def test_reruns_never_queue_a_galaxy_twice(tmp_path):
     scores, _ = independent_scores(frame)
     ranked = full_sort(frame, scores)["id_str"].tolist()
     queue_dir = tmp_path / "queue"
-    runs = [rank_catalogue(tmp_path / "cat", 12, queue_dir=queue_dir, batch_size=8) for _ in range(6)]
+    runs = [rank_top_k(tmp_path / "cat", 12, queue_dir=queue_dir, batch_size=8) for _ in range(6)]
     queued = [run["id_str"].to_pylist() for run in runs]
     assert queued[0] == ranked[:12] and queued[1] == ranked[12:24]
     flat = [i for run in queued for i in run]
@@ -326,48 +330,48 @@ def test_a_run_key_queues_once(tmp_path):
     queue_dir = tmp_path / "queue"
     runs = queue_dir / "runs"
 
-    first = rank_catalogue(tmp_path / "cat", 8, queue_dir=queue_dir, run_key="week-1", batch_size=9)
-    again = rank_catalogue(tmp_path / "cat", 8, queue_dir=queue_dir, run_key="week-1")
+    first = rank_top_k(tmp_path / "cat", 8, queue_dir=queue_dir, run_key="week-1", batch_size=9)
+    again = rank_top_k(tmp_path / "cat", 8, queue_dir=queue_dir, run_key="week-1")
     assert first["id_str"].to_pylist() == ranked[:8]
     assert again.to_pylist() == first.to_pylist() and rank_settings(again) == rank_settings(first)
     assert len(list(runs.glob("*.parquet"))) == 1
     created = json.loads((queue_dir / KEYS_DIR / "week-1.json").read_text())["created"]
     assert rank_settings(first)["run_id"] == run_id_of(datetime.fromisoformat(created))
 
-    second = rank_catalogue(tmp_path / "cat", 8, queue_dir=queue_dir, run_key="week-2")
+    second = rank_top_k(tmp_path / "cat", 8, queue_dir=queue_dir, run_key="week-2")
     assert second["id_str"].to_pylist() == ranked[8:16] and len(list(runs.glob("*.parquet"))) == 2
     second_file = runs / f"{rank_settings(second)['run_id']}.parquet"
 
     # killed between its run file and queue.parquet: the rerun restores queue.parquet from the run file
     pq.write_table(first, queue_dir / QUEUE_FILE)
-    assert rank_catalogue(tmp_path / "cat", 8, queue_dir=queue_dir, run_key="week-2").to_pylist() == second.to_pylist()
+    assert rank_top_k(tmp_path / "cat", 8, queue_dir=queue_dir, run_key="week-2").to_pylist() == second.to_pylist()
     assert pq.read_table(queue_dir / QUEUE_FILE).to_pylist() == second.to_pylist()
     # an earlier run under its key leaves the latest queue as it is
-    rank_catalogue(tmp_path / "cat", 8, queue_dir=queue_dir, run_key="week-1")
+    rank_top_k(tmp_path / "cat", 8, queue_dir=queue_dir, run_key="week-1")
     assert pq.read_table(queue_dir / QUEUE_FILE).to_pylist() == second.to_pylist()
     # killed before its run file was written: the rerun ranks the same galaxies under the same run id
     second_file.unlink()
-    redone = rank_catalogue(tmp_path / "cat", 8, queue_dir=queue_dir, run_key="week-2")
+    redone = rank_top_k(tmp_path / "cat", 8, queue_dir=queue_dir, run_key="week-2")
     assert redone.to_pylist() == second.to_pylist() and second_file.is_file()
 
     # a key recorded by earlier versions (QUEUE/flow-keys) is still honoured
     legacy = queue_dir / "flow-keys" / "weekly-0.json"
     legacy.parent.mkdir()
     legacy.write_text(json.dumps({"run_key": "weekly-0", "created": first["created"][0].as_py().isoformat()}))
-    assert rank_catalogue(tmp_path / "cat", 8, queue_dir=queue_dir, run_key="weekly-0").to_pylist() == \
+    assert rank_top_k(tmp_path / "cat", 8, queue_dir=queue_dir, run_key="weekly-0").to_pylist() == \
         first.to_pylist()
     assert len(list(runs.glob("*.parquet"))) == 2
 
     created = datetime(2030, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
-    later = rank_catalogue(tmp_path / "cat", 8, queue_dir=queue_dir, run_key="week-3", created=created)
+    later = rank_top_k(tmp_path / "cat", 8, queue_dir=queue_dir, run_key="week-3", created=created)
     assert later["id_str"].to_pylist() == ranked[16:24] and rank_settings(later)["run_id"] == run_id_of(created)
     with pytest.raises(ZoobotPipelineError, match="needs a queue directory"):
-        rank_catalogue(tmp_path / "cat", 8, run_key="week-4")
+        rank_top_k(tmp_path / "cat", 8, run_key="week-4")
     with pytest.raises(ZoobotPipelineError, match="file name"):
-        rank_catalogue(tmp_path / "cat", 8, queue_dir=queue_dir, run_key="../week-4")
+        rank_top_k(tmp_path / "cat", 8, queue_dir=queue_dir, run_key="../week-4")
     (queue_dir / KEYS_DIR / "broken.json").write_text("{")
     with pytest.raises(ZoobotPipelineError, match="broken.json: not a run-key file"):
-        rank_catalogue(tmp_path / "cat", 8, queue_dir=queue_dir, run_key="broken")
+        rank_top_k(tmp_path / "cat", 8, queue_dir=queue_dir, run_key="broken")
 
 
 def test_runs_at_once_on_one_queue_take_turns(tmp_path):
@@ -377,7 +381,7 @@ def test_runs_at_once_on_one_queue_take_turns(tmp_path):
     results: dict[int, list[str]] = {}
 
     def rank(i: int) -> None:
-        results[i] = rank_catalogue(tmp_path / "cat", 30, queue_dir=tmp_path / "queue", batch_size=5)[
+        results[i] = rank_top_k(tmp_path / "cat", 30, queue_dir=tmp_path / "queue", batch_size=5)[
             "id_str"].to_pylist()
 
     threads = [threading.Thread(target=rank, args=(i,)) for i in range(3)]
@@ -394,7 +398,7 @@ def test_per_tile_quota_caps_each_tile_and_matches_the_greedy_ranking(tmp_path):
     ranked = full_sort(frame, scores)
     assert ranked["tile_id"].head(20).eq("tile_2").all()  # one crowded tile would fill the queue on its own
     expected = greedy_with_quota(ranked, ranked["tile_id"], 5, 14)
-    queue = rank_catalogue(tmp_path / "cat", 14, per_tile_quota=5, batch_size=9).to_pandas()
+    queue = rank_top_k(tmp_path / "cat", 14, per_tile_quota=5, batch_size=9).to_pandas()
     assert queue["id_str"].tolist() == expected
     assert queue["tile_id"].value_counts().max() == 5 and queue["tile_id"].nunique() == 3
 
@@ -406,13 +410,13 @@ def test_magnitude_bin_quota_matches_the_greedy_ranking(tmp_path):
     edges = [18.0, 20.0]
     groups = pd.Series(np.where(np.isnan(ranked["mag_r"]), -1, np.digitize(ranked["mag_r"], edges)))
     expected = greedy_with_quota(ranked, groups, 4, 13)
-    queue = rank_catalogue(tmp_path / "cat", 13, magnitude_bins=edges, per_bin_quota=4, batch_size=6)
+    queue = rank_top_k(tmp_path / "cat", 13, magnitude_bins=edges, per_bin_quota=4, batch_size=6)
     assert queue["id_str"].to_pylist() == expected
     assert "mag_r" in queue.column_names
     with pytest.raises(ValueError, match="not both"):
-        rank_catalogue(tmp_path / "cat", 5, per_tile_quota=2, magnitude_bins=edges, per_bin_quota=2)
+        rank_top_k(tmp_path / "cat", 5, per_tile_quota=2, magnitude_bins=edges, per_bin_quota=2)
     with pytest.raises(ValueError, match="increasing"):
-        rank_catalogue(tmp_path / "cat", 5, magnitude_bins=[20, 18], per_bin_quota=2)
+        rank_top_k(tmp_path / "cat", 5, magnitude_bins=[20, 18], per_bin_quota=2)
 
 
 def test_bad_catalogues_fail_naming_file_row_and_column(tmp_path):
@@ -424,20 +428,20 @@ def test_bad_catalogues_fail_naming_file_row_and_column(tmp_path):
     broken = table.set_column(table.schema.get_field_index(column), column, pa.array(values))
     pq.write_table(broken, tmp_path / "broken.parquet")
     with pytest.raises(ValueError, match=rf"broken.parquet: row 6 \(id_str g6\): column '{column}'"):
-        rank_catalogue(tmp_path / "broken.parquet", 3, batch_size=4)
+        rank_top_k(tmp_path / "broken.parquet", 3, batch_size=4)
 
     (tmp_path / "cat").mkdir()
     pq.write_table(table, tmp_path / "cat" / "a.parquet")
     pq.write_table(table.drop_columns(["tile_id"]), tmp_path / "cat" / "b.parquet")
     with pytest.raises(ValueError, match=r"b.parquet: missing catalogue column\(s\) tile_id"):
-        rank_catalogue(tmp_path / "cat", 3)
+        rank_top_k(tmp_path / "cat", 3)
     pq.write_table(table.replace_schema_metadata({**META, "model_sha256": "other"}), tmp_path / "cat" / "b.parquet")
     with pytest.raises(ValueError, match="b.parquet: model_sha256 'other' differs"):
-        rank_catalogue(tmp_path / "cat", 3)
+        rank_top_k(tmp_path / "cat", 3)
     with pytest.raises(FileNotFoundError):
-        rank_catalogue(tmp_path / "nowhere", 3)
+        rank_top_k(tmp_path / "nowhere", 3)
     with pytest.raises(ValueError, match="unknown question"):
-        rank_catalogue(tmp_path / "broken.parquet", 3, weights={"bar": 1.0})
+        rank_top_k(tmp_path / "broken.parquet", 3, weights={"bar": 1.0})
 
 
 def test_rank_command_writes_the_queue(tmp_path):
@@ -445,13 +449,13 @@ def test_rank_command_writes_the_queue(tmp_path):
     scores, _ = independent_scores(frame, weights={"bar-dr5": 2.0})
     expected = full_sort(frame, scores)["id_str"].head(8).tolist()
     result = runner.invoke(app, ["rank", "--catalogue", str(tmp_path / "cat"), "--top", "8", "--out",
-                                 str(tmp_path / "q"), "--weight", "bar-dr5=2"])
+                                 str(tmp_path / "q"), "--weight", "bar-dr5=2", "--sampling", "top_k"])
     assert result.exit_code == 0, result.output
     assert pq.read_table(tmp_path / "q" / "queue.parquet")["id_str"].to_pylist() == expected
     assert "queued 8 of 60 catalogue rows" in " ".join(result.output.split())
 
     again = runner.invoke(app, ["rank", "--catalogue", str(tmp_path / "cat"), "--top", "8", "--out",
-                                str(tmp_path / "q"), "--weight", "bar-dr5=2"])
+                                str(tmp_path / "q"), "--weight", "bar-dr5=2", "--sampling", "top_k"])
     assert again.exit_code == 0, again.output
     assert set(pq.read_table(tmp_path / "q" / "queue.parquet")["id_str"].to_pylist()).isdisjoint(expected)
 

@@ -237,7 +237,7 @@ def test_answer_filters_exclude_galaxies_by_the_models_answers(tmp_path):
     excluded = (artefact >= 0.5) | (bar < 0.2)
     eligible = frame[~excluded]
     expected = full_sort(eligible, scores[~excluded.to_numpy()])["id_str"].head(30).tolist()
-    queue = rank_catalogue(tmp_path / "cat", 30, batch_size=13,
+    queue = rank_catalogue(tmp_path / "cat", 30, batch_size=13, sampling="top_k",
                            exclude_answers=["smooth-or-featured-dr5_artifact>=0.5", " bar-dr5_no < 0.2 "])
     assert queue["id_str"].to_pylist() == expected
     info = rank_settings(queue)
@@ -287,7 +287,7 @@ def test_random_fraction_mixes_uniform_picks_into_the_queue(tmp_path):
     acquisition_part = [i for i in ranked if i not in random_part][:15]
 
     queue = rank_catalogue(tmp_path / "cat", 20, random_fraction=0.25, seed=4, exclude_answers=answers,
-                           batch_size=6).to_pandas()
+                           batch_size=6, sampling="top_k").to_pandas()
     assert queue["picked_by"].tolist().count("random") == 5 and queue["id_str"].is_unique
     assert queue.loc[queue["picked_by"] == "random", "id_str"].tolist() == random_part
     assert queue.loc[queue["picked_by"] == "acquisition", "id_str"].tolist() == acquisition_part
@@ -298,7 +298,7 @@ def test_random_fraction_mixes_uniform_picks_into_the_queue(tmp_path):
     np.testing.assert_allclose(queue.loc[queue["picked_by"] == "random", "sampling_key"],
                                uniform.set_index("id_str").loc[random_part, "u"], rtol=1e-12)
     layout = rank_catalogue(relayout(tmp_path / "cat", tmp_path / "moved", 5, seed=2), 20, random_fraction=0.25, seed=4,
-                            exclude_answers=answers, batch_size=1000)
+                            exclude_answers=answers, batch_size=1000, sampling="top_k")
     assert layout["id_str"].to_pylist() == queue["id_str"].tolist()
     assert rank_settings(layout)["random_picks"] == 5
 
@@ -333,11 +333,16 @@ def test_random_fraction_mixes_uniform_picks_into_the_queue(tmp_path):
         rank_catalogue(tmp_path / "cat", 3, random_fraction=1.0)
 
 
-def test_defaults_rank_as_before(tmp_path):
+def test_defaults_draw_a_power_batch_of_mutual_information_and_top_k_ranks_by_the_scores(tmp_path):
     frame = write_catalogue(tmp_path / "cat", n_files=2, rows=30)
     scores, _ = independent_scores(frame)
-    queue = rank_catalogue(tmp_path / "cat", 10).to_pandas()
-    assert queue["id_str"].tolist() == full_sort(frame, scores)["id_str"].head(10).tolist()
+    default = rank_catalogue(tmp_path / "cat", 10, seed=5)
+    assert (rank_settings(default)["sampling"], rank_settings(default)["acquisition"]) == ("power",
+                                                                                           "mutual_information")
+    want = expected_sampled(frame, scores, "power", 1.0, seed=5)["id_str"].head(10).tolist()
+    assert default["id_str"].to_pylist() == want
+    queue = rank_catalogue(tmp_path / "cat", 10, sampling="top_k").to_pandas()
+    assert queue["id_str"].tolist() == full_sort(frame, scores)["id_str"].head(10).tolist() != want
     np.testing.assert_array_equal(queue["sampling_key"], queue["acquisition"])
     assert set(queue["picked_by"]) == {"acquisition"}
 
@@ -401,7 +406,8 @@ def test_classifier_catalogues_rank_by_bald_over_classes(small_release, tmp_path
     assert bald.max() > 0.01 and len(np.unique(bald)) == len(bald)
     expected = frame.assign(score=bald.astype(np.float32).astype(np.float64), flagged=False)
     expected = expected.sort_values(["score", "id_str"], ascending=[False, True])
-    queue = rank_catalogue(tmp_path / "cat", 8, acquisition="class_mutual_information", batch_size=4)
+    queue = rank_catalogue(tmp_path / "cat", 8, acquisition="class_mutual_information", batch_size=4,
+                           sampling="top_k")
     assert queue["id_str"].to_pylist() == expected["id_str"].head(8).tolist()
     np.testing.assert_allclose(queue["acquisition"].to_numpy(), expected["score"].head(8), rtol=1e-5)
     assert queue["top_question"].null_count == 8
@@ -409,7 +415,7 @@ def test_classifier_catalogues_rank_by_bald_over_classes(small_release, tmp_path
     merger = mean[:, 2]
     kept = expected[merger[expected.index] < 0.34]
     filtered = rank_catalogue(tmp_path / "cat", 5, acquisition="class_mutual_information",
-                              exclude_answers=["merger>=0.34"])
+                              exclude_answers=["merger>=0.34"], sampling="top_k")
     assert filtered["id_str"].to_pylist() == kept["id_str"].head(5).tolist()
     assert rank_settings(filtered)["skipped_answers"] == int((merger >= 0.34).sum())
     drawn = rank_catalogue(tmp_path / "cat", 5, acquisition="class_mutual_information", sampling="power", seed=2)
@@ -429,7 +435,8 @@ def test_regressor_catalogues_rank_by_predictive_spread(small_release, tmp_path)
     weighted = spread * [1.0, 3.0]
     expected = frame.assign(score=weighted.sum(axis=1), top=np.array(["r50", "mass"])[weighted.argmax(axis=1)])
     expected = expected.sort_values(["score", "id_str"], ascending=[False, True])
-    queue = rank_catalogue(tmp_path / "cat", 10, acquisition="predictive_std", weights={"mass": 3.0}, batch_size=3)
+    queue = rank_catalogue(tmp_path / "cat", 10, acquisition="predictive_std", weights={"mass": 3.0}, batch_size=3,
+                           sampling="top_k")
     assert queue["id_str"].to_pylist() == expected["id_str"].head(10).tolist()
     np.testing.assert_allclose(queue["acquisition"].to_numpy(), expected["score"].head(10), rtol=1e-6)
     assert queue["top_question"].to_pylist() == expected["top"].head(10).tolist()

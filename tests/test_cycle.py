@@ -17,7 +17,7 @@ import torch
 from zoobot_pipeline.active.ranking import RUNS_DIR, rank_settings
 from zoobot_pipeline.active.votes_merge import MERGED_KEY
 from zoobot_pipeline.catalogue import part_files, read_catalogue
-from zoobot_pipeline.cycle import LOCK_FILE, RoundConfig, run_cycle
+from zoobot_pipeline.cycle import LOCK_FILE, Cycle, RoundConfig, run_cycle
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
 from zoobot_pipeline.data.synthetic.simulate import simulate_release
 from zoobot_pipeline.errors import ZoobotPipelineError
@@ -59,10 +59,10 @@ def cycles(tmp_path_factory):
         return run_cycle(release, new_votes, labelled, work, queue, CONFIG, top_k=TOP_K, seed=3,
                          current_package=root / "current-package", **options)
 
-    first = cycle(week1)
+    first = cycle(week1, rank_options={"sampling": "top_k"})
     after_first = {"labelled": labelled.read_bytes(), "files": made(first.cycle_dir),
                    "runs": sorted((queue / RUNS_DIR).iterdir())}
-    again = cycle(week1)
+    again = cycle(week1, rank_options={"sampling": "top_k"})
     after_again = labelled.read_bytes()
     # week 2: votes for galaxies neither labelled nor queued, so only the queue's history keeps week 1's queue out
     unseen = votes.filter(pc.invert(pc.is_in(votes["id_str"], value_set=pa.array(
@@ -122,6 +122,20 @@ def test_each_cycle_draws_afresh_with_its_rank_options(cycles):
     # the draws' seed: the cycle's seed plus its votes file's hash, so each week draws afresh
     for week, s in zip(cycles["weeks"], settings, strict=True):
         assert s["seed"] == 3 + int(hashlib.sha256(week.read_bytes()).hexdigest()[:8], 16)
+
+
+def test_a_cycle_draws_a_power_batch_unless_told_otherwise(cycles, tmp_path):
+    def opened(**options):
+        return Cycle.open(cycles["release"], cycles["weeks"][0], cycles["labelled"], tmp_path / "work",
+                          cycles["queue"], CONFIG, **options)
+
+    assert (opened().acquisition, opened().rank_options["sampling"]) == ("mutual_information", "power")
+    assert opened(rank_options={"sampling": "top_k"}).rank_options["sampling"] == "top_k"
+    assert (opened(acquisition="softmax_bald").acquisition, opened(acquisition="softmax_bald").rank_options[
+        "sampling"]) == ("mutual_information", "softmax")
+    with pytest.raises(ZoobotPipelineError, match="'softmax_bald' samples by 'softmax'"):
+        opened(acquisition="softmax_bald", rank_options={"sampling": "top_k"})
+    assert not (tmp_path / "work").exists()
 
 
 def test_bad_rank_options_are_refused_before_anything_runs(cycles, tmp_path):

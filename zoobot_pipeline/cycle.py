@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from zoobot_pipeline.active.acquisition import get_acquisition
-from zoobot_pipeline.active.batch_sampling import TOP_K, check_beta, check_random_fraction, resolve_strategy
+from zoobot_pipeline.active.batch_sampling import check_beta, check_random_fraction, resolve_strategy
 from zoobot_pipeline.active.ranking import rank_catalogue
 from zoobot_pipeline.active.votes_merge import MERGED_KEY, merge_votes
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
@@ -220,7 +220,7 @@ class Cycle:
         unknown = sorted(set(options) - set(RANK_OPTIONS))
         if unknown:
             raise ZoobotPipelineError(f"unknown rank option(s) {', '.join(unknown)}; known: {', '.join(RANK_OPTIONS)}")
-        acquisition, options["sampling"] = resolve_strategy(acquisition, options.get("sampling", TOP_K))
+        acquisition, options["sampling"] = resolve_strategy(acquisition, options.get("sampling"))
         get_acquisition(acquisition)
         check_beta(options.get("beta", 1.0))
         check_random_fraction(options.get("random_fraction", 0.0))

@@ -8,8 +8,9 @@ Top-K of a per-galaxy score picks many near-identical galaxies (the first batch 
 - ``softrank``: ``rank ** -beta``, ``rank`` = 1 + the number of eligible galaxies with a strictly higher score
   (tied galaxies share a rank and so a weight).
 
-``top_k`` is today's deterministic ranking (``beta`` unused); ``beta`` -> infinity turns each stochastic mode into it,
-and ``beta`` -> 0 into a uniform draw.
+``top_k`` is the deterministic ranking (``beta`` unused); ``beta`` -> infinity turns each stochastic mode into it,
+and ``beta`` -> 0 into a uniform draw. Without an explicit mode, a function samples by ``power``
+(:data:`DEFAULT_SAMPLING`: the label-efficiency benchmark's choice, see ``benchmarks/README.md``).
 
 Drawing K without replacement with probability proportional to ``w`` equals taking the K largest of
 ``log(w) + G`` (Gumbel-top-K), with ``G`` independent standard Gumbel noise. So the sampler is the ranking's
@@ -31,27 +32,33 @@ from zoobot_pipeline.errors import ZoobotPipelineError, check_name
 from zoobot_pipeline.io import blake2b64
 
 __all__ = [
-    "SAMPLINGS", "STOCHASTIC_SAMPLINGS", "STRATEGY_SHORTHANDS", "TOP_K", "check_beta", "check_random_fraction",
-    "gumbel_noise", "mix_order", "perturbed_keys", "population_ranks", "random_count", "resolve_strategy",
+    "DEFAULT_SAMPLING", "SAMPLINGS", "STOCHASTIC_SAMPLINGS", "STRATEGY_SHORTHANDS", "TOP_K", "check_beta",
+    "check_random_fraction", "gumbel_noise", "mix_order", "perturbed_keys", "population_ranks", "random_count",
+    "resolve_strategy",
 ]
 
 TOP_K = "top_k"
 STOCHASTIC_SAMPLINGS = ("power", "softmax", "softrank")
 SAMPLINGS = (TOP_K, *STOCHASTIC_SAMPLINGS)
 """How a batch is drawn from the scores: ``top_k`` (deterministic) or one of the stochastic modes."""
+DEFAULT_SAMPLING = "power"
+"""The mode of an acquisition function given without one (``benchmarks/results/active_learning.json``: top-K of
+mutual information needed more labels than random; power sampling of it fewer)."""
 STRATEGY_SHORTHANDS = {f"{mode}_bald": ("mutual_information", mode) for mode in STOCHASTIC_SAMPLINGS}
 """``power_bald`` etc.: acquisition ``mutual_information`` (BALD) drawn by that sampling mode."""
 _GUMBEL_DOMAIN = "gumbel"  # keeps the noise independent of the seeded ``random`` acquisition's hash of the same ids
 
 
-def resolve_strategy(acquisition: str, sampling: str = TOP_K) -> tuple[str, str]:
+def resolve_strategy(acquisition: str, sampling: str | None = None) -> tuple[str, str]:
     """``(acquisition function, sampling mode)`` of an acquisition name or shorthand (``power_bald`` is
-    ``("mutual_information", "power")``); a shorthand with a different explicit ``sampling`` is an error."""
-    check_name(sampling, SAMPLINGS, "sampling mode")
+    ``("mutual_information", "power")``); without ``sampling`` a function samples by :data:`DEFAULT_SAMPLING`, and a
+    shorthand with a different explicit ``sampling`` is an error."""
+    if sampling is not None:
+        check_name(sampling, SAMPLINGS, "sampling mode")
     if acquisition not in STRATEGY_SHORTHANDS:
-        return acquisition, sampling
+        return acquisition, sampling or DEFAULT_SAMPLING
     function, mode = STRATEGY_SHORTHANDS[acquisition]
-    if sampling not in (TOP_K, mode):
+    if sampling not in (None, mode):
         raise ZoobotPipelineError(f"acquisition {acquisition!r} samples by {mode!r}; it cannot be combined with "
                                   f"sampling {sampling!r} (use acquisition {function!r} with sampling {sampling!r})")
     return function, mode

@@ -7,9 +7,10 @@ size, and the catalogue is never sorted as a whole. Rows that cannot beat the cu
 sorting. Equal scores rank by ``id_str`` (ascending), so the queue does not depend on file or batch order.
 
 Scores come from a registered acquisition function (:mod:`~zoobot_pipeline.active.acquisition`), and the batch is
-either their top K (``sampling="top_k"``, the default) or a draw without replacement in proportion to a weight of
-the score (``power``, ``softmax``, ``softrank``: :mod:`~zoobot_pipeline.active.batch_sampling`), which is the same
-top-K machinery over a key perturbed by noise from a hash of ``(seed, id_str)``; softrank reads the catalogue twice.
+a draw without replacement in proportion to a weight of the score (``power``, the default, ``softmax``,
+``softrank``: :mod:`~zoobot_pipeline.active.batch_sampling`) or their top K (``sampling="top_k"``); a draw is the
+same top-K machinery over a key perturbed by noise from a hash of ``(seed, id_str)``; softrank reads the catalogue
+twice.
 With a random fraction, ``round(random_fraction * top_k)`` galaxies are the top of a uniform key from a hash of
 ``(seed, id_str)`` (the seeded ``random`` acquisition) and the acquisition's best fill the rest; the queue interleaves
 the two parts and ``picked_by`` says which part picked each galaxy. Skipped: flagged rows (non-null ``flag``),
@@ -309,7 +310,8 @@ class _Scan:
         if self.sampling == "power" and np.any(scores < 0):
             i = int(np.flatnonzero(scores < 0)[0])
             raise ZoobotPipelineError(f"{path}: row {offset + int(rows[i])} (id_str {kept.column('id_str')[i]}): "
-                                      f"acquisition score {scores[i]} < 0; power sampling needs scores >= 0")
+                                      f"acquisition score {scores[i]} < 0; power sampling needs scores >= 0: choose "
+                                      "sampling softmax, softrank or top_k for this function")
         if self.collected is not None:
             self.collected.append(scores)
             return
@@ -383,7 +385,7 @@ def rank_catalogue(
     seed: int = 0,
     batch_size: int = 65_536,
     created: datetime | None = None,
-    sampling: str = bs.TOP_K,
+    sampling: str | None = None,
     beta: float = 1.0,
     random_fraction: float = 0.0,
     exclude_answers: Sequence[str | AnswerFilter] = (),
@@ -392,11 +394,11 @@ def rank_catalogue(
 
     ``acquisition`` names a registered function (:func:`~zoobot_pipeline.active.acquisition.available_acquisitions`)
     or a shorthand such as ``power_bald`` (``mutual_information`` drawn by ``power``). ``sampling`` (``top_k``,
-    ``power``, ``softmax``, ``softrank``) and ``beta`` choose how the batch is drawn from the scores
-    (:mod:`~zoobot_pipeline.active.batch_sampling`); ``round(random_fraction * top_k)`` galaxies are drawn uniformly
-    from the eligible ones instead; ``exclude_answers`` (``'smooth-or-featured-dr5_artifact>=0.5'``) skip galaxies
-    by the model's answers (:mod:`~zoobot_pipeline.active.exclusions`). Every draw is seeded by ``seed`` and each
-    galaxy's ``id_str``.
+    ``power``, ``softmax``, ``softrank``; default ``power``) and ``beta`` choose how the batch is drawn from the
+    scores (:mod:`~zoobot_pipeline.active.batch_sampling`); ``round(random_fraction * top_k)`` galaxies are drawn
+    uniformly from the eligible ones instead; ``exclude_answers`` (``'smooth-or-featured-dr5_artifact>=0.5'``) skip
+    galaxies by the model's answers (:mod:`~zoobot_pipeline.active.exclusions`). Every draw is seeded by ``seed`` and
+    each galaxy's ``id_str``.
     ``schema`` (name or :class:`Schema`) reads ``exclude_votes``; by default the catalogue's ``schema`` metadata.
     With ``queue_dir`` the galaxies already queued there are skipped and the result is written there as a new run,
     created at ``created`` (default: when ranking ends). ``run_key`` (with ``queue_dir``) makes the run happen once:

@@ -60,9 +60,9 @@ def rank(
              "class_mutual_information, regressors by predictive_std, any by random; power_bald (softmax_bald, "
              "softrank_bald) is mutual_information with --sampling power (softmax, softrank).")]
     = "mutual_information",
-    sampling: Annotated[Sampling, typer.Option(
-        help="How to draw the batch from the scores: top_k, or without replacement in proportion to "
-             "score**beta (power), exp(beta*score) (softmax) or rank**-beta (softrank).")] = "top_k",
+    sampling: Annotated[Sampling | None, typer.Option(
+        help="How to draw the batch from the scores: without replacement in proportion to score**beta (power, the "
+             "default), exp(beta*score) (softmax) or rank**-beta (softrank), or the top_k scores.")] = None,
     beta: Annotated[float, typer.Option(help="Beta of --sampling power|softmax|softrank (> 0; large: close to "
                                              "top_k, small: close to uniform).")] = 1.0,
     random_fraction: Annotated[float, typer.Option(help="Share of --top drawn uniformly at random from the eligible "
@@ -96,7 +96,7 @@ def rank(
                            exclude_votes=exclude, min_votes=min_votes, schema=schema, queue_dir=out,
                            per_tile_quota=per_tile_quota, magnitude_bins=_magnitude_edges(magnitude_bins),
                            per_bin_quota=per_bin_quota, magnitude_column=magnitude_column, seed=seed,
-                           batch_size=batch_size, sampling=sampling.value, beta=beta,
+                           batch_size=batch_size, sampling=None if sampling is None else sampling.value, beta=beta,
                            random_fraction=random_fraction, exclude_answers=exclude_answer or ())
     info = rank_settings(table)
     shown = Table("rank", "id_str", "tile_id", "acquisition", "top question", "picked by", title=f"{out / QUEUE_FILE}")
