@@ -51,7 +51,6 @@ COLOURS = {"random": "#285ac8", "topk_bald": "#c83c28", "power_bald": "#e08a1e",
            "targeted": "#8c3cb4"}
 LABELS = {"random": "random", "topk_bald": "top-K BALD", "power_bald": "power BALD",
           "power_bald_curated": "power BALD + exclusions + 20% random", "targeted": "curated, one question weighted 5x"}
-DEFAULT_STRATEGY = "power_bald_curated"
 
 
 
@@ -276,7 +275,8 @@ def print_summary(summary: dict, targeted_question: str | None) -> None:
             line += (f"; {targeted_question}: {question['value']:+.1f}% [{question['ci95'][0]:+.1f}, "
                      f"{question['ci95'][1]:+.1f}]")
         print(line)
-    print(f"  default strategy: {summary['default_strategy']}")
+    print(f"  default strategy (the general-purpose one never worse than random that saves most labels; random if none "
+          f"saves any): {summary['default_strategy']}")
 
 
 def analyse(out: Path, png: Path, json_path: Path) -> None:
@@ -304,8 +304,8 @@ def analyse(out: Path, png: Path, json_path: Path) -> None:
         return
     schema = get_schema(config.round.schema_name)
     targeted = config.targeted_question
-    verdict = summarise(results.to_pylist(), names, [q.name for q in schema.questions], config.n_rounds,
-                        DEFAULT_STRATEGY if DEFAULT_STRATEGY in names else names[0],
+    general = [s.name for s in config.strategies if s.weights is None]  # a science case's weights are not a default
+    verdict = summarise(results.to_pylist(), names, [q.name for q in schema.questions], config.n_rounds, general,
                         extra={"pool": summary["n_pool"], "n_test": config.n_test, "n_initial": config.n_initial,
                                "top_k": config.top_k, "n_rounds": config.n_rounds, "targeted_question": targeted,
                                "strategy_options": {s.name: s.rank_options() for s in config.strategies},

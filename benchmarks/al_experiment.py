@@ -132,11 +132,11 @@ PRESET_NAMES = ("random", "topk_bald", "power_bald", "power_bald_curated", "targ
 
 
 def preset_strategies(schema_name: str, targeted_question: str) -> dict[str, Strategy]:
-    """The strategies the benchmark compares, by name: ``random``; ``topk_bald`` (today's top K of mutual
-    information); ``power_bald`` (Kirsch et al.'s stochastic batch, beta 1, their recommended default);
-    ``power_bald_curated`` (power BALD + excluding what the model calls star/artefact (>= 0.5) + 20% random, the
-    proposed production default); ``targeted`` (the curated default with ``targeted_question``'s term weighted 5x,
-    the others 1)."""
+    """The strategies the benchmark compares, by name: ``random``; ``topk_bald`` (the top K of mutual information);
+    ``power_bald`` (Kirsch et al.'s stochastic batch, beta 1, their recommended default); ``power_bald_curated``
+    (power BALD + excluding what the model calls star/artefact (>= 0.5) + 20% random, as Galaxy Zoo mixes random
+    galaxies in); ``targeted`` (the curated strategy with ``targeted_question``'s term weighted 5x, the others 1). The
+    production default is the general-purpose one the benchmark shows best (``al_summary.choose_default``)."""
     not_galaxy = tuple(f"{answer}>=0.5" for answer in NOT_GALAXY_ANSWERS.get(schema_name, ()))
     curated = {"acquisition": "mutual_information", "sampling": "power", "beta": 1.0, "random_fraction": 0.2,
                "exclude_answers": not_galaxy}

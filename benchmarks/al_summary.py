@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-__all__ = ["curve_table", "labels_needed", "labels_saved", "paired_differences", "summarise", "t_interval"]
+__all__ = ["choose_default", "curve_table", "labels_needed", "labels_saved", "paired_differences", "summarise",
+           "t_interval"]
 
 REFERENCE = "random"
 EXTRAPOLATION_LIMIT = 2.0  # labels needed are capped at this multiple of the final budget
@@ -107,8 +108,9 @@ def _finished_seeds(rows: list[dict[str, Any]], strategies: Sequence[str], n_rou
 
 
 def summarise(rows: list[dict[str, Any]], strategies: Sequence[str], questions: Sequence[str], n_rounds: int,
-              default_strategy: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The machine-readable result (``active_learning.json``) from the experiment's result rows."""
+              candidates: Sequence[str], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The machine-readable result (``active_learning.json``) from the experiment's result rows; its
+    ``default_strategy`` is :func:`choose_default` among ``candidates`` (the general-purpose strategies)."""
     seeds = _finished_seeds(rows, strategies, n_rounds)
     if REFERENCE not in strategies:
         raise ValueError(f"the summary compares with {REFERENCE!r}, which is not among the strategies {strategies}")
@@ -119,7 +121,7 @@ def summarise(rows: list[dict[str, Any]], strategies: Sequence[str], questions: 
     per_question = {q: curve_table(rows, f"nll_{q}") for q in questions}
     budgets = [int(n) for n in whole[REFERENCE][seeds[0]][0]]
     result: dict[str, Any] = {
-        "seeds": seeds, "budgets": budgets, "default_strategy": default_strategy, "strategies": {},
+        "seeds": seeds, "budgets": budgets, "default_strategy": REFERENCE, "strategies": {},
         **(extra or {}),
     }
     for strategy in strategies:
@@ -135,4 +137,14 @@ def summarise(rows: list[dict[str, Any]], strategies: Sequence[str], questions: 
                     "final_paired_difference": paired_differences(curves, strategy, seeds)[-1]}
                 for q, curves in per_question.items()}
         result["strategies"][strategy] = entry
+    result["default_strategy"] = choose_default(result["strategies"], candidates)
     return result
+
+
+def choose_default(strategies: dict[str, Any], candidates: Sequence[str]) -> str:
+    """The production default: of the ``candidates`` never worse than random beyond noise at any budget, the one that
+    saves the most labels at the final budget (mean over seeds); random itself when none saves any."""
+    eligible = [(strategies[name]["labels_saved_vs_random_pct"]["value"], name) for name in candidates
+                if name != REFERENCE and strategies[name]["never_worse_than_random"]]
+    best = max(eligible, default=(0.0, REFERENCE))
+    return best[1] if best[0] > 0 else REFERENCE

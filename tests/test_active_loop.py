@@ -24,7 +24,7 @@ from benchmarks.al_experiment import (
     reveal_votes,
     run_experiment,
 )
-from benchmarks.al_summary import labels_needed, summarise
+from benchmarks.al_summary import choose_default, labels_needed, summarise
 from zoobot_pipeline.active.acquisition import mutual_information
 from zoobot_pipeline.catalogue import read_catalogue
 from zoobot_pipeline.cycle import RoundConfig
@@ -205,7 +205,7 @@ def test_summary_matches_an_independent_computation_of_labels_saved():
                 value = 10.0 + curve[round_] + noise[round_] * (round_ > 0)
                 rows.append({"seed": seed, "strategy": strategy, "round": round_, "n_labelled": n,
                              "test_nll": value, "nll_q1": value / 2, "nll_q2": value / 2 + 1.0})
-    summary = summarise(rows, ["random", "better"], questions, n_rounds=3, default_strategy="better")
+    summary = summarise(rows, ["random", "better"], questions, n_rounds=3, candidates=["better"])
     saved = []
     for seed in range(4):
         mine = sorted((r for r in rows if r["seed"] == seed and r["strategy"] == "better"), key=lambda r: r["round"])
@@ -225,8 +225,14 @@ def test_summary_matches_an_independent_computation_of_labels_saved():
             np.mean(saved), abs=0.01)
     assert entry["never_worse_than_random"] and summary["seeds"] == [0, 1, 2, 3]
     assert summary["budgets"] == labels and summary["default_strategy"] == "better"
+    assert summarise(rows, ["random", "better"], questions, n_rounds=3, candidates=[])["default_strategy"] == "random"
+    others = {"better": entry,
+              "worse": {"labels_saved_vs_random_pct": {"value": 50.0}, "never_worse_than_random": False},
+              "flat": {"labels_saved_vs_random_pct": {"value": -3.0}, "never_worse_than_random": True}}
+    assert choose_default(others, ["worse", "flat"]) == "random"
+    assert choose_default(others, ["flat", "better"]) == "better"
     with pytest.raises(ValueError, match="random"):
-        summarise(rows, ["better"], questions, n_rounds=3, default_strategy="better")
+        summarise(rows, ["better"], questions, n_rounds=3, candidates=["better"])
 
 
 def test_a_rerun_resumes_keeping_finished_curves_and_redoing_one_cut_short(experiment, tmp_path):
