@@ -51,14 +51,14 @@ def export_model(checkpoint_dir: Path, out_dir: Path, options: dict[str, Any]) -
 def _training_options(model: ModelConfig | None, training: TrainingConfig | None,
                       preprocessing: PreprocessingConfig | None, workers: int, gpus_per_worker: float,
                       cpus_per_worker: float, ray_address: str | None, storage_path: Path | None,
-                      resume_from: Path | None, backend: str, overwrite: bool,
+                      resume_from: Path | None, framework: str | None, overwrite: bool,
                       keep_run_dir: bool = False) -> dict[str, Any]:
     """The keyword arguments that :func:`zoobot_pipeline.models.pretrain` and :func:`~zoobot_pipeline.models.finetune`
     share, from the parameters the ``pretrain`` and ``finetune`` flows share."""
     return {"model_config": model, "training_config": training, "preprocessing": preprocessing, "workers": workers,
             "gpus_per_worker": gpus_per_worker, "cpus_per_worker": cpus_per_worker, "ray_address": ray_address,
             "storage_path": storage_path, "resume_from": resume_from, "keep_run_dir": keep_run_dir,
-            "backend": backend, "overwrite": overwrite}
+            "framework": framework, "overwrite": overwrite}
 
 
 def report_checkpoint(checkpoint: Path, what: str) -> None:
@@ -82,12 +82,13 @@ def pretrain(release_dir: Path, out_dir: Path, votes_path: Path | None = None, m
              training: TrainingConfig | None = None, preprocessing: PreprocessingConfig | None = None,
              workers: int = 1, gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0,
              ray_address: str | None = None, storage_path: Path | None = None, resume_from: Path | None = None,
-             backend: str = "torch", overwrite: bool = False, keep_run_dir: bool = False) -> Path:
+             framework: str = "torch", overwrite: bool = False, keep_run_dir: bool = False) -> Path:
     """Pretrain a Zoobot-style model on a release's volunteer votes (default ``release_dir/votes.parquet``) into
-    ``out_dir``; returns the checkpoint directory. ``training`` carries precision, gradient clipping, compilation
-    and the schedule; ``keep_run_dir`` keeps a Ray run's directory after success."""
+    ``out_dir`` with ``framework`` (torch or tensorflow); returns the checkpoint directory. ``training`` carries
+    precision, gradient clipping, compilation and the schedule; ``keep_run_dir`` keeps a Ray run's directory after
+    success."""
     options = _training_options(model, training, preprocessing, workers, gpus_per_worker, cpus_per_worker,
-                                ray_address, storage_path, resume_from, backend, overwrite, keep_run_dir)
+                                ray_address, storage_path, resume_from, framework, overwrite, keep_run_dir)
     checkpoint = pretrain_model(release_dir, votes_path or release_dir / "votes.parquet", out_dir, options)
     report_checkpoint(checkpoint, "pretrain")
     return checkpoint
@@ -98,12 +99,13 @@ def finetune(checkpoint_dir: Path | None, release_dir: Path, labels_path: Path, 
              finetune_config: FinetuneConfig, training: TrainingConfig | None = None,
              model: ModelConfig | None = None, preprocessing: PreprocessingConfig | None = None, workers: int = 1,
              gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0, ray_address: str | None = None,
-             storage_path: Path | None = None, resume_from: Path | None = None, backend: str = "torch",
+             storage_path: Path | None = None, resume_from: Path | None = None, framework: str | None = None,
              overwrite: bool = False, keep_run_dir: bool = False) -> Path:
     """Finetune a pretrained checkpoint (``None``: a fresh encoder from ``model``) on ``labels_path`` into
-    ``out_dir``; returns the checkpoint directory (options as for :func:`pretrain`)."""
+    ``out_dir``; returns the checkpoint directory (options as for :func:`pretrain`; ``framework`` defaults to the
+    checkpoint's, torch from scratch)."""
     options = _training_options(model, training, preprocessing, workers, gpus_per_worker, cpus_per_worker,
-                                ray_address, storage_path, resume_from, backend, overwrite, keep_run_dir)
+                                ray_address, storage_path, resume_from, framework, overwrite, keep_run_dir)
     checkpoint = finetune_model(checkpoint_dir, release_dir, labels_path, out_dir, finetune_config, options)
     report_checkpoint(checkpoint, "finetune")
     return checkpoint
