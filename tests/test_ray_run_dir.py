@@ -1,5 +1,6 @@
-"""Ray run directories: removed after a successful run unless ``keep_run_dir``; never after a failure; only the run's
-own directory (and the storage root only when the run created it and left it empty)."""
+"""Ray run directories: removed after a successful run unless ``keep_run_dir`` (kept: see the killed-worker runs of
+test_torch_ray.py and test_tf_ray.py); never after a failure; only the run's own directory (and the storage root only
+when the run created it and left it empty)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,17 @@ from cli_checks import tree
 
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
 from zoobot_pipeline.data.synthetic.simulate import simulate_release
-from zoobot_pipeline.models import DistributedConfig, ModelConfig, TrainingConfig, pretrain, read_checkpoint_json
+from zoobot_pipeline.models import (
+    DistributedConfig,
+    ModelConfig,
+    TrainingConfig,
+    pretrain,
+    ray_train,
+    read_checkpoint_json,
+)
 from zoobot_pipeline.models.backend import get_backend
 from zoobot_pipeline.models.job import pretrain_job
-from zoobot_pipeline.models.torch import distributed as ray_training
+from zoobot_pipeline.models.torch import distributed as torch_ray
 
 PREPROCESSING = PreprocessingConfig.gz_decals(input_size=32)
 MODEL = ModelConfig.from_preprocessing(PREPROCESSING, architecture="test_resnet")
@@ -48,14 +56,6 @@ def test_a_user_storage_root_keeps_everything_but_the_run(local_ray, release, tm
     assert tree(storage) == before
 
 
-def test_keep_run_dir_keeps_the_training_state(local_ray, release, tmp_path):
-    storage = tmp_path / "storage"
-    pretrain(release, release / "votes.parquet", tmp_path / "model", MODEL, TRAINING, PREPROCESSING, workers=2,
-             storage_path=storage, keep_run_dir=True)
-    [run] = _run_dirs(storage)
-    assert [p for p in run.glob("checkpoint_*") if (p / "training_state.json").is_file()]
-
-
 def test_a_run_that_fails_in_the_workers_keeps_its_directory(local_ray, release, tmp_path):
     votes = tmp_path / "votes.parquet"
     shutil.copy(release / "votes.parquet", votes)
@@ -73,7 +73,7 @@ def test_a_run_that_fails_after_training_keeps_its_checkpoints(local_ray, releas
     def fail(*args, **kwargs):
         raise OSError("disk gone while writing the best model")
 
-    monkeypatch.setattr(ray_training, "export_model", fail)
+    monkeypatch.setattr(torch_ray, "export_model", fail)
     storage = tmp_path / "storage"
     with pytest.raises(OSError, match="disk gone"):
         pretrain(release, release / "votes.parquet", tmp_path / "model", MODEL, TRAINING, PREPROCESSING, workers=2,
@@ -86,9 +86,9 @@ def test_remove_run_dir_never_removes_a_root_it_did_not_create_or_that_holds_mor
     storage = tmp_path / "storage"
     (storage / "run-a").mkdir(parents=True)
     (storage / "run-b").mkdir()
-    ray_training.remove_run_dir(storage, "run-a", created_root=True)
+    ray_train.remove_run_dir(storage, "run-a", created_root=True)
     assert sorted(p.name for p in storage.iterdir()) == ["run-b"]
-    ray_training.remove_run_dir(storage, "run-b", created_root=False)
+    ray_train.remove_run_dir(storage, "run-b", created_root=False)
     assert storage.is_dir() and not any(storage.iterdir())
-    ray_training.remove_run_dir(storage, "missing", created_root=True)
+    ray_train.remove_run_dir(storage, "missing", created_root=True)
     assert not storage.exists()

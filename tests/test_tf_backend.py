@@ -253,9 +253,9 @@ def test_finetune_regression_and_dirichlet_on_another_tree(pretrained, tmp_path)
 
 
 def test_refusals_before_any_work(pretrained, release, tmp_path):
-    with pytest.raises(UnavailableError, match="^distributed TensorFlow training is not supported yet"):
+    with pytest.raises(UnavailableError, match="^gpus_per_worker=1: the tensorflow backend .* CPUs only"):
         pretrain(release, release / "votes.parquet", tmp_path / "a", MODEL, TRAINING, PREPROCESSING,
-                 workers=2, framework="tensorflow")
+                 workers=2, gpus_per_worker=1, framework="tensorflow")
     with pytest.raises(UnavailableError, match="fp32 only"):
         pretrain(release, release / "votes.parquet", tmp_path / "b", MODEL,
                  TRAINING.model_copy(update={"precision": "bf16"}), PREPROCESSING, framework="tensorflow")
@@ -275,9 +275,11 @@ def test_cli_framework_option(pretrained, release, labels, tmp_path):
                                    str(tmp_path / "ft"), "--task", "classification", "--label-column", "smooth",
                                    "--checkpoint", str(pretrained), "--framework", "torch"])
     assert "tensorflow checkpoint" in error_line(conflict) and not (tmp_path / "ft").exists()
-    workers = runner.invoke(app, ["pretrain", "--release", str(release), "--out", str(tmp_path / "w"),
-                                  "--framework", "tensorflow", "--workers", "2", "--input-size", "32"])
-    assert "distributed TensorFlow training is not supported yet" in error_line(workers)
+    gpus = runner.invoke(app, ["pretrain", "--release", str(release), "--out", str(tmp_path / "w"),
+                               "--framework", "tensorflow", "--workers", "2", "--gpus-per-worker", "1",
+                               "--input-size", "32"])
+    assert "the tensorflow backend (tensorflow-cpu) trains on CPUs only" in error_line(gpus)
+    assert not (tmp_path / "w").exists()
 
 
 def test_import_and_scoring_never_load_tensorflow(package, tmp_path):

@@ -1,6 +1,9 @@
 """The framework-free side of a checkpoint directory: ``checkpoint.json`` (kind, configs, schema, preprocessing,
 metrics, framework) beside framework-specific weights.
 
+:func:`write_checkpoint` writes a directory for a backend, which supplies its weights, what describes its model and
+its framework's versions; the rest of ``checkpoint.json`` (format, time, preprocessing, training config, metrics, the
+weights' sha256) is the same for every framework.
 :func:`read_checkpoint_json` reads it within bounds (size, nesting: :mod:`zoobot_pipeline._safe_load`) and checks
 every field the readers of a checkpoint use, so that a damaged or edited file is one
 :class:`~zoobot_pipeline.errors.ZoobotPipelineError` naming the file and the field, never a ``KeyError`` later.
@@ -11,6 +14,8 @@ safetensors file (never a pickle).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +24,19 @@ from pydantic import BaseModel, ValidationError
 from zoobot_pipeline._safe_load import load_json_object
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
 from zoobot_pipeline.errors import ZoobotPipelineError
-from zoobot_pipeline.io import file_sha256, path_inside
-from zoobot_pipeline.models.config import FinetuneConfig, ModelConfig
+from zoobot_pipeline.io import atomic_directory, file_sha256, path_inside
+from zoobot_pipeline.models.config import FinetuneConfig, ModelConfig, TrainingConfig
 from zoobot_pipeline.schemas import schema_from_dict
 
-__all__ = ["CHECKPOINT_JSON", "CHECKPOINT_KINDS", "read_checkpoint_json", "weights_path"]
+__all__ = ["CHECKPOINT_FILES", "CHECKPOINT_FORMAT", "CHECKPOINT_JSON", "CHECKPOINT_KINDS", "WEIGHTS_FILE",
+           "read_checkpoint_json", "weights_path", "write_checkpoint"]
 
 CHECKPOINT_JSON = "checkpoint.json"
 CHECKPOINT_KINDS = ("pretrained", "finetuned")
+CHECKPOINT_FORMAT = "zoobot-pipeline-checkpoint/1"
+WEIGHTS_FILE = "model.safetensors"
+CHECKPOINT_FILES = (CHECKPOINT_JSON, WEIGHTS_FILE)
+"""The files a checkpoint directory is made of: the only ones :func:`write_checkpoint` replaces."""
 _MAX_SAFETENSORS_HEADER = 100 << 20  # safetensors' own limit on its JSON header
 
 
@@ -68,6 +78,32 @@ def _check(meta: dict[str, Any], source: Path) -> None:
         raise problem("schema: expected a decision tree ({name, questions}) or null")
     if meta["schema"] is not None:
         schema_from_dict(meta["schema"], source=str(source))
+
+
+def write_checkpoint(directory: str | Path, write_weights: Callable[[Path], None], model_meta: dict[str, Any],
+                     framework: dict[str, Any], preprocessing: PreprocessingConfig,
+                     training_config: TrainingConfig | None = None, metrics: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint directory atomically; returns it. ``write_weights`` writes the safetensors weights to the
+    path it is given; ``model_meta`` (``kind``, ``model``, ``schema``, ...) and ``framework`` (``name`` and versions)
+    go into ``checkpoint.json`` as given, in their own key order. The directory is built beside ``directory`` and
+    renamed into place, so readers see all of it or none; other files already in ``directory`` are kept and only
+    :data:`CHECKPOINT_FILES` replaced (whether it may be written at all is the caller's check:
+    :func:`zoobot_pipeline.io.prepare_output_dir`)."""
+    directory = Path(directory)
+    with atomic_directory(directory, own=CHECKPOINT_FILES, marker=CHECKPOINT_JSON) as tmp:
+        write_weights(tmp / WEIGHTS_FILE)
+        meta = {
+            "format": CHECKPOINT_FORMAT,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            **model_meta,
+            "preprocessing": preprocessing.model_dump(mode="json"),
+            "training": training_config.model_dump(mode="json") if training_config is not None else None,
+            "metrics": metrics or {},
+            "framework": framework,
+            "weights": {"file": WEIGHTS_FILE, "sha256": file_sha256(tmp / WEIGHTS_FILE)},
+        }
+        (tmp / CHECKPOINT_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+    return directory
 
 
 def read_checkpoint_json(path: str | Path) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """The TensorFlow implementation of :class:`zoobot_pipeline.models.Backend` (Keras 3 on TensorFlow).
 
 Jobs arrive planned and checked (:mod:`zoobot_pipeline.models.job`); what is left to check here is what only this
-backend knows: it trains in this process only (distributed TensorFlow training on Ray Train is not supported yet), on
-the CPU (``tensorflow-cpu``), in float32, and builds the encoders of :mod:`.model`. Before Keras reads a checkpoint,
+backend knows: it trains on CPUs (``tensorflow-cpu``; in this process, or on Ray Train workers with
+``MultiWorkerMirroredStrategy``), in float32, and builds the encoders of :mod:`.model`. Before Keras reads a checkpoint,
 its weights file must be a safetensors file inside the checkpoint directory with the recorded sha256.
 """
 
@@ -21,29 +21,27 @@ from zoobot_pipeline.models.config import DistributedConfig, ModelConfig
 from zoobot_pipeline.models.job import TrainingJob
 from zoobot_pipeline.models.tensorflow.checkpoint import FRAMEWORK, load_checkpoint
 from zoobot_pipeline.models.tensorflow.inference import evaluate_checkpoint, predict_checkpoint
+from zoobot_pipeline.models.tensorflow.loop import LocalSession, run_training
 from zoobot_pipeline.models.tensorflow.model import TFModel, check_architecture
-from zoobot_pipeline.models.tensorflow.train import check_training, run_training
+from zoobot_pipeline.models.tensorflow.state import export_model
+from zoobot_pipeline.models.tensorflow.train import check_training
 from zoobot_pipeline.models.zoobot_import import ImportRequest
 
 __all__ = ["BACKEND", "TensorFlowBackend"]
 
 
 class TensorFlowBackend:
-    """Training (in this process), prediction, checkpoint loading and ONNX export with Keras 3 and tf2onnx."""
+    """Training (in this process or on Ray Train), prediction, checkpoint loading and ONNX export with Keras 3 and
+    tf2onnx."""
 
     name = FRAMEWORK
 
     def check_devices(self, distributed: DistributedConfig) -> None:
-        """Only in-process CPU training: Ray Train workers, GPUs and resuming are refused with one line."""
-        if distributed.uses_ray:
-            raise UnavailableError("distributed TensorFlow training is not supported yet (--workers > 1 or "
-                                   "--ray-address with --framework tensorflow); train with --workers 1, or use "
-                                   "--framework torch")
+        """CPU workers only (``tensorflow-cpu``): GPU workers are refused with one line."""
         if distributed.gpus_per_worker > 0:
             raise UnavailableError(f"gpus_per_worker={distributed.gpus_per_worker:g}: the tensorflow backend "
-                                   "(tensorflow-cpu) trains on the CPU only")
-        if distributed.resume_from is not None:
-            raise UnavailableError("--resume-from is not supported yet with --framework tensorflow")
+                                   "(tensorflow-cpu) trains on CPUs only; use --gpus-per-worker 0 or --framework "
+                                   "torch")
 
     def check_model(self, model_config: ModelConfig, source: str = "--architecture") -> None:
         """The backend must build ``model_config.architecture`` (see :mod:`.model`); the error names ``source``."""
@@ -62,12 +60,17 @@ class TensorFlowBackend:
 
     def train(self, job: TrainingJob, out_dir: str | Path, distributed: DistributedConfig,
               quiet: bool = True) -> Path:
-        """Run a training job in this process; returns ``out_dir``, the best model's checkpoint."""
+        """Run a training job in this process or with Ray Train; returns ``out_dir``, the best model's checkpoint."""
         self.check_devices(distributed)
         check_training(job.training)
         if job.base_checkpoint is not None:
             self._check_checkpoint(job.base_checkpoint)
-        return run_training(job, out_dir, quiet)
+        if distributed.uses_ray:
+            from zoobot_pipeline.models.tensorflow.distributed import train_with_ray
+
+            return train_with_ray(job, out_dir, distributed, quiet)
+        summary = run_training(job, LocalSession(out_dir, distributed.resume_from), quiet)
+        return export_model(Path(out_dir), out_dir, summary)
 
     def predict(self, checkpoint_dir: str | Path, release_dir: str | Path, ids: Sequence[str] | None = None,
                 batch_size: int = 64) -> pa.Table:

@@ -12,7 +12,6 @@ from ``checkpoint.json`` by code, then the arrays are assigned.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +25,22 @@ from safetensors.numpy import save_file
 from zoobot_pipeline._version import __version__
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
 from zoobot_pipeline.errors import ZoobotPipelineError
-from zoobot_pipeline.io import atomic_directory, file_sha256
-from zoobot_pipeline.models.checkpoint import CHECKPOINT_JSON, read_checkpoint_json, weights_path
+from zoobot_pipeline.models.checkpoint import (
+    CHECKPOINT_FILES,
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_JSON,
+    WEIGHTS_FILE,
+    read_checkpoint_json,
+    weights_path,
+    write_checkpoint,
+)
 from zoobot_pipeline.models.config import FinetuneConfig, ModelConfig, TrainingConfig
 from zoobot_pipeline.models.tensorflow.model import TFModel, build_encoder, build_finetune_model, build_model
 from zoobot_pipeline.schemas import schema_from_dict
 
-__all__ = ["CHECKPOINT_FILES", "CHECKPOINT_FORMAT", "FRAMEWORK", "WEIGHTS_FILE", "load_checkpoint",
-           "save_checkpoint"]
+__all__ = ["CHECKPOINT_FILES", "CHECKPOINT_FORMAT", "FRAMEWORK", "WEIGHTS_FILE", "framework_versions",
+           "load_checkpoint", "save_checkpoint"]
 
-CHECKPOINT_FORMAT = "zoobot-pipeline-checkpoint/1"
-WEIGHTS_FILE = "model.safetensors"
-CHECKPOINT_FILES = (CHECKPOINT_JSON, WEIGHTS_FILE)
-"""The files a checkpoint directory is made of: the only ones :func:`save_checkpoint` replaces."""
 FRAMEWORK = "tensorflow"
 _ORDER_KEY = "keras_variable_order"
 
@@ -70,24 +72,15 @@ def weight_arrays(model: TFModel) -> tuple[dict[str, np.ndarray], list[str]]:
 def save_checkpoint(model: TFModel, directory: str | Path, preprocessing: PreprocessingConfig,
                     training_config: TrainingConfig | None = None, metrics: dict[str, Any] | None = None) -> Path:
     """Write ``model`` (pretrained or finetuned) and its metadata to ``directory`` atomically; returns the directory.
-    Other files already in ``directory`` are kept (see the torch backend's ``save_checkpoint``)."""
-    directory = Path(directory)
+    Other files already in ``directory`` are kept (see :func:`~zoobot_pipeline.models.checkpoint.write_checkpoint`)."""
     arrays, order = weight_arrays(model)
-    with atomic_directory(directory, own=CHECKPOINT_FILES, marker=CHECKPOINT_JSON) as tmp:
-        save_file(arrays, str(tmp / WEIGHTS_FILE), metadata={"format": CHECKPOINT_FORMAT,
-                                                             _ORDER_KEY: json.dumps(order)})
-        meta = {
-            "format": CHECKPOINT_FORMAT,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            **_model_meta(model),
-            "preprocessing": preprocessing.model_dump(mode="json"),
-            "training": training_config.model_dump(mode="json") if training_config is not None else None,
-            "metrics": metrics or {},
-            "framework": framework_versions(),
-            "weights": {"file": WEIGHTS_FILE, "sha256": file_sha256(tmp / WEIGHTS_FILE)},
-        }
-        (tmp / CHECKPOINT_JSON).write_text(json.dumps(meta, indent=2) + "\n")
-    return directory
+
+    def write_weights(path: Path) -> None:
+        # one metadata key only: safetensors writes several in a per-process order, so the file's sha256 would vary
+        save_file(arrays, str(path), metadata={_ORDER_KEY: json.dumps(order)})
+
+    return write_checkpoint(directory, write_weights, _model_meta(model), framework_versions(), preprocessing,
+                            training_config, metrics)
 
 
 def rebuild(meta: dict[str, Any], source: str) -> TFModel:

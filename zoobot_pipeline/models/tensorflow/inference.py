@@ -12,10 +12,14 @@ import pyarrow as pa
 import tensorflow as tf
 
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
-from zoobot_pipeline.errors import LabelsError
 from zoobot_pipeline.models.checkpoint import read_checkpoint_json
-from zoobot_pipeline.models.images import LabelledImages, load_images
-from zoobot_pipeline.models.predictions import evaluation_labels, prediction_ids, tree_columns
+from zoobot_pipeline.models.images import LabelledImages
+from zoobot_pipeline.models.predictions import (
+    evaluation_images,
+    evaluation_labels,
+    prediction_images,
+    prediction_table,
+)
 from zoobot_pipeline.models.tensorflow.checkpoint import load_checkpoint
 from zoobot_pipeline.models.tensorflow.model import TFModel
 from zoobot_pipeline.models.tensorflow.train import model_loss
@@ -37,23 +41,17 @@ def _checkpoint(checkpoint_dir: str | Path) -> tuple[TFModel, PreprocessingConfi
     return model, PreprocessingConfig.model_validate(read_checkpoint_json(checkpoint_dir)["preprocessing"])
 
 
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    return tf.nn.softmax(logits.astype(np.float64), axis=1).numpy().astype(np.float32)
+
+
 def predict_checkpoint(checkpoint_dir: str | Path, release_dir: str | Path, ids: Sequence[str] | None = None,
                        batch_size: int = 64) -> pa.Table:
     """See :func:`zoobot_pipeline.models.predict`."""
     model, preprocessing = _checkpoint(checkpoint_dir)
-    ids = prediction_ids(release_dir, ids)
-    data = load_images(release_dir, ids, np.zeros(len(ids), dtype=np.int64), preprocessing)
-    outputs = _outputs(model, data, batch_size)
-    columns: dict[str, Any] = {"id_str": data.ids}
-    if model.task == "classification":
-        probabilities = tf.nn.softmax(outputs.astype(np.float64), axis=1).numpy().astype(np.float32)
-        columns["predicted"] = [model.class_names[i] for i in probabilities.argmax(axis=1)]
-        columns.update({f"p_{name}": probabilities[:, i] for i, name in enumerate(model.class_names)})
-    elif model.task == "regression":
-        columns.update({name: outputs[:, i] for i, name in enumerate(model.output_names)})
-    else:
-        columns.update(tree_columns(outputs, model.schema))
-    return pa.table(columns)
+    data = prediction_images(release_dir, ids, preprocessing)
+    return prediction_table(data.ids, _outputs(model, data, batch_size), model.task, model.output_names,
+                            model.schema, _softmax)
 
 
 def evaluate_checkpoint(checkpoint_dir: str | Path, release_dir: str | Path, labels_path: str | Path,
@@ -61,10 +59,7 @@ def evaluate_checkpoint(checkpoint_dir: str | Path, release_dir: str | Path, lab
     """See :func:`zoobot_pipeline.models.evaluate`."""
     model, preprocessing = _checkpoint(checkpoint_dir)
     label_ids, targets_in = evaluation_labels(labels_path, model.finetune, model.class_names, model.schema, ids)
-    data = load_images(release_dir, label_ids, targets_in, preprocessing)
-    if not data.ids:
-        raise LabelsError(f"{labels_path}: none of its {len(label_ids)} galaxies has a usable cutout in the release "
-                          f"{release_dir} ({data.n_missing} not in the release, {data.n_rejected} rejected)")
+    data = evaluation_images(release_dir, labels_path, label_ids, targets_in, preprocessing)
     outputs, targets = _outputs(model, data, batch_size), data.targets
     typed = targets if targets.ndim == 1 else targets.astype(np.float32)
     metrics: dict[str, Any] = {"n": float(len(data.ids)), "loss": float(model_loss(model)(outputs, typed))}

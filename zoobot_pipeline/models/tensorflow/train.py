@@ -1,14 +1,11 @@
-"""Local training with TensorFlow, for pretraining and finetuning: the torch backend's loop, in Keras.
+"""The parts of TensorFlow training that do not depend on where it runs: checks, model building, loss, optimizers and
+learning-rate schedules (the loop itself is :mod:`.loop`).
 
-The same job (:class:`~zoobot_pipeline.models.job.TrainingJob`), images (:mod:`zoobot_pipeline.models.images`),
-validation split, augmentations (:mod:`.augment`), loss, AdamW (same betas, epsilon 1e-8, decoupled weight decay on
-every variable), LR schedules (``cosine``: cosine to 0 over all steps; ``onecycle``: torch's ``OneCycleLR`` defaults
-for the LR, without its momentum cycling; ``constant``; ``plateau``: torch's ``ReduceLROnPlateau`` rule), gradient
-clipping and early stopping on validation loss as the torch backend; a finetuning job gets one optimizer per
-LR group (the head, then each unfrozen block). Whenever validation loss improves, the model is written to
-``out_dir`` (so a crash leaves the best model so far); at the end the best epoch's weights are written there with the
-run's summary. Training runs in float32 on the CPU (``tensorflow-cpu``); other precisions and ``--compile`` are
-refused up front.
+They mirror the torch backend: AdamW (same betas, epsilon 1e-8, decoupled weight decay on every variable), LR schedules
+(``cosine``: cosine to 0 over all steps; ``onecycle``: torch's ``OneCycleLR`` defaults for the LR, without its momentum
+cycling; ``constant``; ``plateau``: torch's ``ReduceLROnPlateau`` rule), and a finetuning job gets one optimizer per
+LR group (the head, then each unfrozen block). Training runs in float32 on the CPU (``tensorflow-cpu``); other
+precisions, ``--compile`` and GPU devices are refused up front.
 """
 
 from __future__ import annotations
@@ -18,22 +15,20 @@ from pathlib import Path
 from typing import Any
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from zoobot_pipeline.errors import UnavailableError, ZoobotPipelineError
 from zoobot_pipeline.models.config import TrainingConfig
-from zoobot_pipeline.models.images import LabelledImages, load_images, load_labelled_images, validation_mask
+from zoobot_pipeline.models.images import LabelledImages, load_images, load_labelled_images
 from zoobot_pipeline.models.job import TrainingJob
 from zoobot_pipeline.models.labels import finetune_schema, read_finetune_labels
-from zoobot_pipeline.models.tensorflow.augment import augment_batch
-from zoobot_pipeline.models.tensorflow.checkpoint import load_checkpoint, save_checkpoint
-from zoobot_pipeline.models.tensorflow.finetune import freeze, variable_groups
+from zoobot_pipeline.models.tensorflow.checkpoint import load_checkpoint
+from zoobot_pipeline.models.tensorflow.finetune import freeze
 from zoobot_pipeline.models.tensorflow.loss import dirichlet_multinomial_loss
 from zoobot_pipeline.models.tensorflow.model import TFModel, build_encoder, build_finetune_model, build_model
-from zoobot_pipeline.progress import progress_bar
 
-__all__ = ["OneCycle", "Plateau", "check_training", "learning_rate_schedule", "model_loss", "run_training"]
+__all__ = ["OneCycle", "Plateau", "build_job_model", "check_training", "learning_rate_schedule", "make_optimizers",
+           "model_loss"]
 
 
 def check_training(config: TrainingConfig) -> None:
@@ -114,8 +109,10 @@ def learning_rate_schedule(config: TrainingConfig, lr: float, total_steps: int):
     return lr
 
 
-def _optimizers(groups: list[tuple[list, float]], config: TrainingConfig,
-                steps_per_epoch: int) -> list[keras.optimizers.Optimizer]:
+def make_optimizers(groups: list[tuple[list, float]], config: TrainingConfig,
+                    steps_per_epoch: int) -> list[keras.optimizers.Optimizer]:
+    """One AdamW per variable group (``(variables, LR multiplier)``), built, with ``config``'s schedule over all the
+    run's steps."""
     total = max(1, config.epochs * steps_per_epoch)
     optimizers = []
     for variables, multiplier in groups:
@@ -127,11 +124,10 @@ def _optimizers(groups: list[tuple[list, float]], config: TrainingConfig,
     return optimizers
 
 
-def _build(job: TrainingJob) -> tuple[TFModel, LabelledImages, int | None, dict[str, Any]]:
-    """The job's model (seeded by ``job.training.seed``), its labelled images, the number of unfrozen encoder blocks
-    (None for pretraining) and the summary's first fields."""
-    seed = job.training.seed
-    keras.utils.set_random_seed(seed)
+def build_job_model(job: TrainingJob) -> tuple[TFModel, LabelledImages, int | None, dict[str, Any]]:
+    """The job's model (seeded by ``job.training.seed``; call it inside the distribution strategy's scope), its
+    labelled images, the number of unfrozen encoder blocks (None for pretraining) and the summary's first fields."""
+    keras.utils.set_random_seed(job.training.seed)
     unfrozen = None
     if job.kind == "pretrain":
         if job.model is None:
@@ -158,87 +154,3 @@ def _build(job: TrainingJob) -> tuple[TFModel, LabelledImages, int | None, dict[
     if job.base_checkpoint is not None:
         summary["base_checkpoint"] = str(Path(job.base_checkpoint).resolve())
     return model, data, unfrozen, summary
-
-
-def _targets(data: LabelledImages) -> np.ndarray:
-    return data.targets if data.targets.ndim == 1 else data.targets.astype(np.float32)
-
-
-def run_training(job: TrainingJob, out_dir: str | Path, quiet: bool = True) -> Path:
-    """Train ``job`` in this process; returns ``out_dir``, the best epoch's checkpoint (its ``metrics`` hold the
-    summary: ``n_train``, ``n_val``, ``best_epoch``, ``best_val_loss``, ``history`` ... as the torch backend)."""
-    config = job.training
-    check_training(config)
-    model, data, unfrozen, first = _build(job)
-    is_val = validation_mask(data.ids, config.val_fraction, config.seed)
-    if is_val.all() or not is_val.any():
-        raise ValueError(f"{len(data.ids)} usable galaxies give an empty training or validation split "
-                         f"(val_fraction={config.val_fraction})")
-    train, val = data.subset(~is_val), data.subset(is_val)
-    train_targets, val_targets = _targets(train), _targets(val)
-    batch = config.batch_size
-    drop_last = len(train.ids) > batch
-    steps = len(train.ids) // batch if drop_last else 1
-    groups = variable_groups(model, unfrozen, job.finetune.lr_decay if job.finetune is not None else 1.0)
-    optimizers = _optimizers(groups, config, steps)
-    plateau = Plateau(optimizers, config.plateau_factor, config.plateau_patience) \
-        if config.schedule == "plateau" else None
-    loss_fn = model_loss(model)
-    net = model.net
-    bounds = np.cumsum([0] + [len(variables) for variables, _ in groups])
-    variables = [v for group, _ in groups for v in group]
-
-    @tf.function(reduce_retracing=True)
-    def train_step(images: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
-        with tf.GradientTape() as tape:
-            loss = loss_fn(net(images, training=True), targets)
-        grads = tape.gradient(loss, variables)
-        if config.grad_clip is not None:
-            grads, _ = tf.clip_by_global_norm(grads, config.grad_clip)
-        for optimizer, start, end in zip(optimizers, bounds[:-1], bounds[1:], strict=True):
-            optimizer.apply_gradients(zip(grads[start:end], variables[start:end], strict=True))
-        return loss
-
-    @tf.function(reduce_retracing=True)
-    def val_step(images: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
-        return loss_fn(net(images, training=False), targets)
-
-    history: list[dict[str, float]] = []
-    best = {"epoch": -1, "loss": math.inf, "weights": None}
-
-    def summary() -> dict[str, Any]:
-        return {**first, "world_size": 1, "n_train": len(train.ids), "n_val": len(val.ids),
-                "resumed_after_epoch": None, "best_epoch": best["epoch"], "best_val_loss": best["loss"],
-                "history": list(history)}
-
-    with progress_bar(not quiet, config.epochs * steps, "training", "steps") as advance:
-        for epoch in range(config.epochs):
-            if best["epoch"] >= 0 and epoch - 1 - best["epoch"] >= config.patience:
-                break
-            lr = float(keras.ops.convert_to_tensor(optimizers[0].learning_rate))
-            order = np.random.default_rng([config.seed, epoch]).permutation(len(train.ids))
-            total, count = 0.0, 0
-            for step in range(steps):
-                rows = order[step * batch:(step + 1) * batch] if drop_last else order
-                images = train.images[rows]
-                if config.augmentation is not None:
-                    images = augment_batch(images, config.augmentation, config.seed, epoch, rows)
-                loss = float(train_step(tf.constant(images), tf.constant(train_targets[rows])))
-                total, count = total + loss * len(rows), count + len(rows)
-                advance()
-            val_total = 0.0
-            for start in range(0, len(val.ids), batch):
-                rows = slice(start, start + batch)
-                n = len(val.ids[rows])
-                val_total += float(val_step(tf.constant(val.images[rows]), tf.constant(val_targets[rows]))) * n
-            train_loss, val_loss = total / max(count, 1), val_total / len(val.ids)
-            if plateau is not None:
-                plateau.step(val_loss)
-            history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr})
-            if val_loss < best["loss"]:
-                best.update(epoch=epoch, loss=val_loss, weights=net.get_weights())
-                save_checkpoint(model, out_dir, job.preprocessing, config, summary())
-    if not math.isfinite(best["loss"]):
-        raise RuntimeError("training finished without a finite validation loss")
-    net.set_weights(best["weights"])
-    return save_checkpoint(model, out_dir, job.preprocessing, config, summary())

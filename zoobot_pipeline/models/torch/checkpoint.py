@@ -10,8 +10,6 @@ other files in the destination (a user's, with ``--overwrite``) are kept, and on
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +21,31 @@ from safetensors.torch import load_file, save_file
 from zoobot_pipeline._version import __version__
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
 from zoobot_pipeline.errors import ZoobotPipelineError
-from zoobot_pipeline.io import atomic_directory, file_sha256
-from zoobot_pipeline.models.checkpoint import CHECKPOINT_JSON, read_checkpoint_json, weights_path
+from zoobot_pipeline.models.checkpoint import (
+    CHECKPOINT_FILES,
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_JSON,
+    WEIGHTS_FILE,
+    read_checkpoint_json,
+    weights_path,
+    write_checkpoint,
+)
 from zoobot_pipeline.models.config import FinetuneConfig, ModelConfig, TrainingConfig
 from zoobot_pipeline.models.torch.finetune import FinetuneModel, finetune_head
 from zoobot_pipeline.models.torch.model import ZoobotModel, check_architecture, create_backbone
 from zoobot_pipeline.schemas import schema_from_dict
 
-__all__ = ["CHECKPOINT_FILES", "CHECKPOINT_FORMAT", "WEIGHTS_FILE", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CHECKPOINT_FILES", "CHECKPOINT_FORMAT", "FRAMEWORK", "WEIGHTS_FILE", "framework_versions",
+           "load_checkpoint", "save_checkpoint"]
 
-CHECKPOINT_FORMAT = "zoobot-pipeline-checkpoint/1"
-WEIGHTS_FILE = "model.safetensors"
-CHECKPOINT_FILES = (CHECKPOINT_JSON, WEIGHTS_FILE)
-"""The files a checkpoint directory is made of: the only ones :func:`save_checkpoint` replaces."""
+FRAMEWORK = "torch"
 _LEGACY_PREFIXES = {"backbone.": "encoder.", "dirichlet_head.": "head."}
+
+
+def framework_versions() -> dict[str, str]:
+    """``checkpoint.json``'s ``framework`` entry."""
+    return {"name": FRAMEWORK, "torch": torch.__version__, "timm": timm.__version__,
+            "safetensors": safetensors.__version__, "zoobot_pipeline": __version__}
 
 
 def _model_meta(model: ZoobotModel | FinetuneModel) -> dict[str, Any]:
@@ -53,25 +62,15 @@ def _model_meta(model: ZoobotModel | FinetuneModel) -> dict[str, Any]:
 def save_checkpoint(model: ZoobotModel | FinetuneModel, directory: str | Path, preprocessing: PreprocessingConfig,
                     training_config: TrainingConfig | None = None, metrics: dict[str, Any] | None = None) -> Path:
     """Write ``model`` (pretrained or finetuned) and its metadata to ``directory`` atomically; returns the directory.
-    Other files already in ``directory`` are kept; whether it may be written at all is the caller's check
-    (:func:`zoobot_pipeline.io.prepare_output_dir`)."""
-    directory = Path(directory)
-    with atomic_directory(directory, own=CHECKPOINT_FILES, marker=CHECKPOINT_JSON) as tmp:
-        weights = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-        save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": CHECKPOINT_FORMAT})
-        meta = {
-            "format": CHECKPOINT_FORMAT,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            **_model_meta(model),
-            "preprocessing": preprocessing.model_dump(mode="json"),
-            "training": training_config.model_dump(mode="json") if training_config is not None else None,
-            "metrics": metrics or {},
-            "framework": {"name": "torch", "torch": torch.__version__, "timm": timm.__version__,
-                          "safetensors": safetensors.__version__, "zoobot_pipeline": __version__},
-            "weights": {"file": WEIGHTS_FILE, "sha256": file_sha256(tmp / WEIGHTS_FILE)},
-        }
-        (tmp / CHECKPOINT_JSON).write_text(json.dumps(meta, indent=2) + "\n")
-    return directory
+    Other files already in ``directory`` are kept; whether it may be written at all is the caller's check (see
+    :func:`~zoobot_pipeline.models.checkpoint.write_checkpoint`)."""
+    weights = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+
+    def write_weights(path: Path) -> None:
+        save_file(weights, str(path), metadata={"format": CHECKPOINT_FORMAT})
+
+    return write_checkpoint(directory, write_weights, _model_meta(model), framework_versions(), preprocessing,
+                            training_config, metrics)
 
 
 def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> ZoobotModel | FinetuneModel:

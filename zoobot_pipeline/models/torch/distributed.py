@@ -1,63 +1,31 @@
-"""Training as a Ray Train job: the same :func:`run_training` on every worker, DDP over gloo (CPU) or nccl (GPU).
-
-Rank 0 reports a training-state checkpoint (model, optimizer, schedule, progress; safetensors + JSON) every epoch;
-Ray keeps the best by validation loss and the latest. After a worker failure Ray restarts the group (up to
-``max_failures`` times) and every worker resumes from the latest checkpoint. ``resume_from`` starts a new run from an
-earlier run's checkpoint, read by the workers directly (Ray 2.60 deprecates ``resume_from_checkpoint``). When training
-ends, the best checkpoint's model is written to the output directory as a normal checkpoint.
-
-Run directories: each run writes ``<storage_path>/<kind>-<UTC time>``. After a successful run (the best model
-written) that directory is removed, and the storage root too when this run created it and it is left empty, unless
-``keep_run_dir`` asks to keep the training state for resuming; after a failure both stay, so the run can be resumed.
-"""
+"""Torch training as a Ray Train job (:mod:`zoobot_pipeline.models.ray_train`): the same :func:`run_training` on every
+worker, DDP over gloo (CPU) or nccl (GPU)."""
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import ray
-import ray.train
 import torch
 import torch.distributed as dist
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer, get_device, prepare_model
 from torch import nn
 
-from zoobot_pipeline.errors import UnavailableError
 from zoobot_pipeline.models.config import DistributedConfig
 from zoobot_pipeline.models.job import TrainingJob
+from zoobot_pipeline.models.ray_train import RayTrainSession, train_on_ray
 from zoobot_pipeline.models.torch.loop import run_training
-from zoobot_pipeline.models.torch.state import MODEL_DIR, export_model
-from zoobot_pipeline.raycluster import ray_cluster
+from zoobot_pipeline.models.torch.state import export_model
 
-__all__ = ["RaySession", "check_cluster", "train_with_ray"]
+__all__ = ["RaySession", "train_with_ray"]
 
 
-class RaySession:
-    """The training session of one Ray Train worker."""
+class RaySession(RayTrainSession):
+    """The training session of one torch Ray Train worker."""
 
     def __init__(self, resume_from: str | None = None) -> None:
-        self.resume_from = resume_from
-        context = ray.train.get_context()
-        self.rank = context.get_world_rank()
-        self.world_size = context.get_world_size()
+        super().__init__(resume_from)
         self.device = get_device()
-
-    @contextlib.contextmanager
-    def restored(self) -> Iterator[Path | None]:
-        """The run's latest reported checkpoint (after a restart), else ``resume_from`` (a path every worker reads)."""
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            yield Path(self.resume_from) if self.resume_from is not None else None
-            return
-        with checkpoint.as_directory() as directory:
-            yield Path(directory)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """DistributedDataParallel over the worker group (the model itself for one worker)."""
@@ -71,81 +39,14 @@ class RaySession:
         dist.all_reduce(tensor)
         return tensor.tolist()
 
-    def report(self, metrics: dict[str, Any], write_state: Callable[[Path], Path]) -> None:
-        """``ray.train.report`` on every worker; rank 0 attaches the training-state checkpoint (uploaded to the
-        run's storage before this returns)."""
-        if self.rank != 0:
-            ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory(prefix="zoobot-state-") as directory:
-            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(write_state(Path(directory)))))
-
 
 def _train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     return run_training(config["job"], RaySession(config["resume_from"]), quiet=config["quiet"])
 
 
-def check_cluster(distributed: DistributedConfig) -> None:
-    """Fail early when the connected cluster cannot ever hold the worker group (CPUs or GPUs missing)."""
-    resources = ray.cluster_resources()
-    need_cpu = distributed.workers * distributed.cpus_per_worker
-    need_gpu = distributed.workers * distributed.gpus_per_worker
-    if need_gpu > 0 and resources.get("GPU", 0) < need_gpu:
-        raise UnavailableError(f"{distributed.workers} workers x {distributed.gpus_per_worker} GPU need {need_gpu:g} "
-                           f"GPUs, the Ray cluster has {resources.get('GPU', 0):g} (no CUDA device found)")
-    if resources.get("CPU", 0) < need_cpu:
-        raise UnavailableError(f"{distributed.workers} workers x {distributed.cpus_per_worker} CPU need {need_cpu:g} "
-                           f"CPUs, the Ray cluster has {resources.get('CPU', 0):g}")
-
-
 def train_with_ray(job: TrainingJob, out_dir: str | Path, distributed: DistributedConfig,
                    quiet: bool = True) -> Path:
-    """Run ``job`` on ``distributed.workers`` Ray Train workers; returns ``out_dir`` holding the best model.
-
-    Joins ``distributed.ray_address`` when given, else uses the Ray already initialised in this process, else starts
-    a local cluster (shut down afterwards).
-    """
-    out_dir = Path(out_dir).resolve()
-    with ray_cluster(distributed.ray_address, log_to_driver=not quiet):
-        check_cluster(distributed)
-        use_gpu = distributed.gpus_per_worker > 0
-        resources = {"CPU": distributed.cpus_per_worker}
-        if use_gpu:
-            resources["GPU"] = distributed.gpus_per_worker
-        storage = Path(distributed.storage_path or f"{out_dir}.ray").resolve()
-        storage_existed = storage.exists()
-        name = f"{job.kind}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}"
-        resume = str(Path(distributed.resume_from).resolve()) if distributed.resume_from else None
-        trainer = TorchTrainer(
-            _train_loop_per_worker,
-            train_loop_config={"job": job, "quiet": quiet, "resume_from": resume},
-            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-            scaling_config=ScalingConfig(num_workers=distributed.workers, use_gpu=use_gpu,
-                                         resources_per_worker=resources),
-            run_config=RunConfig(
-                name=name, storage_path=str(storage),
-                failure_config=FailureConfig(max_failures=distributed.max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_loss",
-                                                   checkpoint_score_order="min"),
-            ),
-        )
-        result = trainer.fit()
-        best = result.get_best_checkpoint("val_loss", "min")
-        if best is None:
-            raise RuntimeError(f"Ray Train run {name} reported no checkpoint")
-        with best.as_directory() as directory:
-            export_model(Path(directory) / MODEL_DIR, out_dir, result.return_value)
-    if not distributed.keep_run_dir:
-        remove_run_dir(storage, name, created_root=not storage_existed)
-    return out_dir
-
-
-def remove_run_dir(storage: Path, name: str, created_root: bool) -> None:
-    """Remove a finished run's directory ``storage / name`` and then ``storage`` itself only if ``created_root`` (this
-    run made it) and nothing else is left there: never another run's state or a user's files."""
-    run_dir = storage / name
-    if run_dir.is_dir() and not run_dir.is_symlink():
-        shutil.rmtree(run_dir)
-    if created_root and storage.is_dir() and not storage.is_symlink():
-        with contextlib.suppress(OSError):  # not empty (another run wrote there meanwhile): kept
-            storage.rmdir()
+    """Run ``job`` on ``distributed.workers`` Ray Train workers; returns ``out_dir`` holding the best model."""
+    use_gpu = distributed.gpus_per_worker > 0
+    return train_on_ray(job, out_dir, distributed, quiet, TorchTrainer, _train_loop_per_worker, export_model,
+                        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"))

@@ -16,10 +16,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
-from zoobot_pipeline.errors import LabelsError
 from zoobot_pipeline.models.checkpoint import read_checkpoint_json
-from zoobot_pipeline.models.images import LabelledImages, load_images
-from zoobot_pipeline.models.predictions import evaluation_labels, prediction_ids, tree_columns
+from zoobot_pipeline.models.images import LabelledImages
+from zoobot_pipeline.models.predictions import (
+    evaluation_images,
+    evaluation_labels,
+    prediction_images,
+    prediction_table,
+)
 from zoobot_pipeline.models.torch.checkpoint import load_checkpoint
 from zoobot_pipeline.models.torch.data import GalaxyDataset
 from zoobot_pipeline.models.torch.finetune import FinetuneModel, finetune_loss
@@ -42,24 +46,20 @@ def _outputs(model: torch.nn.Module, data: LabelledImages, batch_size: int) -> t
     return torch.cat(outputs), torch.cat(targets)
 
 
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+
+
 def predict_checkpoint(checkpoint_dir: str | Path, release_dir: str | Path, ids: Sequence[str] | None = None,
                        batch_size: int = 64) -> pa.Table:
     """See :func:`zoobot_pipeline.models.predict`."""
     model = load_checkpoint(checkpoint_dir)
     preprocessing = PreprocessingConfig.model_validate(read_checkpoint_json(checkpoint_dir)["preprocessing"])
-    ids = prediction_ids(release_dir, ids)
-    data = load_images(release_dir, list(ids), np.zeros(len(ids), dtype=np.int64), preprocessing)
+    data = prediction_images(release_dir, ids, preprocessing)
     outputs = _outputs(model, data, batch_size)[0].numpy()
-    columns: dict[str, np.ndarray | list[str]] = {"id_str": data.ids}
-    if isinstance(model, FinetuneModel) and model.task == "classification":
-        probabilities = torch.softmax(torch.from_numpy(outputs), dim=1).numpy()
-        columns["predicted"] = [model.class_names[i] for i in probabilities.argmax(axis=1)]
-        columns.update({f"p_{name}": probabilities[:, i] for i, name in enumerate(model.class_names)})
-    elif isinstance(model, FinetuneModel) and model.task == "regression":
-        columns.update({name: outputs[:, i] for i, name in enumerate(model.output_names)})
-    else:
-        columns.update(tree_columns(outputs, model.schema))
-    return pa.table(columns)
+    if isinstance(model, FinetuneModel):
+        return prediction_table(data.ids, outputs, model.task, model.output_names, model.schema, _softmax)
+    return prediction_table(data.ids, outputs, "dirichlet", model.schema.label_cols, model.schema, _softmax)
 
 
 def evaluate_checkpoint(checkpoint_dir: str | Path, release_dir: str | Path, labels_path: str | Path,
@@ -70,10 +70,7 @@ def evaluate_checkpoint(checkpoint_dir: str | Path, release_dir: str | Path, lab
     finetuned = isinstance(model, FinetuneModel)
     label_ids, targets_in = evaluation_labels(labels_path, model.config if finetuned else None,
                                               model.class_names if finetuned else None, model.schema, ids)
-    data = load_images(release_dir, label_ids, targets_in, preprocessing)
-    if not data.ids:
-        raise LabelsError(f"{labels_path}: none of its {len(label_ids)} galaxies has a usable cutout in the release "
-                          f"{release_dir} ({data.n_missing} not in the release, {data.n_rejected} rejected)")
+    data = evaluation_images(release_dir, labels_path, label_ids, targets_in, preprocessing)
     outputs, targets = _outputs(model, data, batch_size)
     metrics: dict[str, Any] = {"n": float(len(data.ids))}
     if isinstance(model, FinetuneModel):

@@ -11,9 +11,8 @@ are summed over the shards, so every rank sees the same value and early stopping
 from __future__ import annotations
 
 import math
-import tempfile
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,13 +26,7 @@ from zoobot_pipeline.models.images import validation_mask
 from zoobot_pipeline.models.job import TrainingJob
 from zoobot_pipeline.models.torch.data import GalaxyDataset
 from zoobot_pipeline.models.torch.job import TrainingTask, build_task
-from zoobot_pipeline.models.torch.state import (
-    MODEL_DIR,
-    TrainingProgress,
-    export_model,
-    load_training_state,
-    save_training_state,
-)
+from zoobot_pipeline.models.torch.state import export_model, load_training_state, save_training_state
 from zoobot_pipeline.models.torch.train import (
     autocast,
     check_precision,
@@ -46,6 +39,7 @@ from zoobot_pipeline.models.torch.train import (
     step_epoch_schedule,
     train_one_epoch,
 )
+from zoobot_pipeline.models.training_state import LocalTraining, TrainingProgress
 from zoobot_pipeline.progress import progress_bar
 
 __all__ = ["LocalSession", "TrainingSession", "run_training", "train_task"]
@@ -75,35 +69,16 @@ class TrainingSession(Protocol):
         ...
 
 
-class LocalSession:
+class LocalSession(LocalTraining):
     """Training in this process: the best model is written to ``out_dir`` whenever validation loss improves."""
 
-    rank = 0
-    world_size = 1
-
     def __init__(self, out_dir: str | Path, device: torch.device, resume_from: str | Path | None = None) -> None:
-        self.out_dir = Path(out_dir)
+        super().__init__(out_dir, export_model, resume_from)
         self.device = device
-        self.resume_from = Path(resume_from) if resume_from is not None else None
-
-    def restored(self) -> AbstractContextManager[Path | None]:
-        """``resume_from`` as given."""
-        return nullcontext(self.resume_from)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """The model itself."""
         return model
-
-    def all_sum(self, values: list[float]) -> list[float]:
-        """The values themselves."""
-        return values
-
-    def report(self, metrics: dict[str, Any], write_state: Callable[[Path], Path]) -> None:
-        """Export the model to ``out_dir`` when this epoch improved on the best validation loss."""
-        if metrics["improved"]:
-            self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(prefix=f".state-{self.out_dir.name}.", dir=self.out_dir.parent) as tmp:
-                export_model(write_state(Path(tmp)) / MODEL_DIR, self.out_dir)
 
 
 def _loaders(task: TrainingTask, config: TrainingConfig,

@@ -1,14 +1,13 @@
-"""Training-state checkpoints, to resume a run: the model, the optimizer and schedule, the epoch and the history.
+"""Torch training-state checkpoints, to resume a run: the model, the optimizer and schedule, the epoch and the history.
 
-A training-state directory holds ``model/`` (a normal checkpoint directory, loadable with ``load_checkpoint``),
-``optimizer.safetensors`` (every tensor of the optimizer's and scheduler's state) and ``training_state.json`` (the
-rest of that state, with the tensors' keys in their place, plus the epoch, best loss and history). No pickle.
+The layout is :mod:`zoobot_pipeline.models.training_state`'s: ``optimizer.safetensors`` holds every tensor of the
+optimizer's and scheduler's state, ``training_state.json`` the rest of that state (with the tensors' keys in their
+place) and the progress. No pickle.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,28 +16,21 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
-from zoobot_pipeline.models.checkpoint import read_checkpoint_json
 from zoobot_pipeline.models.config import TrainingConfig
 from zoobot_pipeline.models.torch.checkpoint import load_checkpoint, save_checkpoint
 from zoobot_pipeline.models.torch.finetune import FinetuneModel
 from zoobot_pipeline.models.torch.model import ZoobotModel
+from zoobot_pipeline.models.training_state import (
+    MODEL_DIR,
+    OPTIMIZER_FILE,
+    STATE_FILE,
+    TrainingProgress,
+    copy_checkpoint,
+)
 
 __all__ = ["MODEL_DIR", "TrainingProgress", "export_model", "load_training_state", "save_training_state"]
 
-MODEL_DIR = "model"
-OPTIMIZER_FILE = "optimizer.safetensors"
-STATE_FILE = "training_state.json"
 _TENSOR, _INT_KEYS = "__tensor__", "__int_keys__"
-
-
-@dataclass
-class TrainingProgress:
-    """Where a run stands: the last finished epoch, the best validation loss so far and the per-epoch history."""
-
-    epoch: int = -1
-    best_val_loss: float = float("inf")
-    best_epoch: int = -1
-    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def _split(value: Any, tensors: dict[str, torch.Tensor], prefix: str) -> Any:
@@ -97,8 +89,4 @@ def load_training_state(directory: Path, model: nn.Module, optimizer: torch.opti
 def export_model(model_dir: Path, out_dir: str | Path, metrics: dict[str, Any] | None = None) -> Path:
     """Copy the checkpoint ``model_dir`` to ``out_dir`` (atomically; the same directory is fine), replacing its
     metrics with ``metrics`` when given."""
-    meta = read_checkpoint_json(model_dir)
-    training = TrainingConfig.model_validate(meta["training"]) if meta["training"] is not None else None
-    preprocessing = PreprocessingConfig.model_validate(meta["preprocessing"])
-    return save_checkpoint(load_checkpoint(model_dir), out_dir, preprocessing, training,
-                           metrics if metrics is not None else meta["metrics"])
+    return copy_checkpoint(model_dir, out_dir, metrics, load_checkpoint, save_checkpoint)
