@@ -1,9 +1,10 @@
 """The TensorFlow implementation of :class:`zoobot_pipeline.models.Backend` (Keras 3 on TensorFlow).
 
 Jobs arrive planned and checked (:mod:`zoobot_pipeline.models.job`); what is left to check here is what only this
-backend knows: it trains on CPUs (``tensorflow-cpu``; in this process, or on Ray Train workers with
-``MultiWorkerMirroredStrategy``), in float32, and builds the encoders of :mod:`.model`. Before Keras reads a checkpoint,
-its weights file must be a safetensors file inside the checkpoint directory with the recorded sha256.
+backend knows: it trains in this process or on Ray Train workers (``MultiWorkerMirroredStrategy``), on CPUs with the
+pinned ``tensorflow-cpu`` or on the GPUs TensorFlow's CUDA build sees, in float32, and builds the encoders of
+:mod:`.model`. Before Keras reads a checkpoint, its weights file must be a safetensors file inside the checkpoint
+directory with the recorded sha256.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import tensorflow as tf
 
 from zoobot_pipeline.errors import UnavailableError, ZoobotPipelineError
 from zoobot_pipeline.models.backend import ExportedGraph
@@ -24,7 +26,7 @@ from zoobot_pipeline.models.tensorflow.inference import evaluate_checkpoint, pre
 from zoobot_pipeline.models.tensorflow.loop import LocalSession, run_training
 from zoobot_pipeline.models.tensorflow.model import TFModel, check_architecture
 from zoobot_pipeline.models.tensorflow.state import export_model
-from zoobot_pipeline.models.tensorflow.train import check_training
+from zoobot_pipeline.models.tensorflow.train import check_training, gpus_visible
 from zoobot_pipeline.models.zoobot_import import ImportRequest
 
 __all__ = ["BACKEND", "TensorFlowBackend"]
@@ -37,11 +39,12 @@ class TensorFlowBackend:
     name = FRAMEWORK
 
     def check_devices(self, distributed: DistributedConfig) -> None:
-        """CPU workers only (``tensorflow-cpu``): GPU workers are refused with one line."""
-        if distributed.gpus_per_worker > 0:
-            raise UnavailableError(f"gpus_per_worker={distributed.gpus_per_worker:g}: the tensorflow backend "
-                                   "(tensorflow-cpu) trains on CPUs only; use --gpus-per-worker 0 or --framework "
-                                   "torch")
+        """GPU workers on this machine need a GPU that TensorFlow sees (never with the pinned ``tensorflow-cpu``; on a
+        Ray cluster the workers' nodes decide)."""
+        if distributed.gpus_per_worker > 0 and distributed.ray_address is None and not gpus_visible():
+            raise UnavailableError(f"gpus_per_worker={distributed.gpus_per_worker:g} but TensorFlow sees no GPU here "
+                                   f"(tensorflow {tf.__version__}: tensorflow-cpu, or no CUDA device); use "
+                                   "--gpus-per-worker 0")
 
     def check_model(self, model_config: ModelConfig, source: str = "--architecture") -> None:
         """The backend must build ``model_config.architecture`` (see :mod:`.model`); the error names ``source``."""

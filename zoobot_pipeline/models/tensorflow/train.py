@@ -4,8 +4,9 @@ learning-rate schedules (the loop itself is :mod:`.loop`).
 They mirror the torch backend: AdamW (same betas, epsilon 1e-8, decoupled weight decay on every variable), LR schedules
 (``cosine``: cosine to 0 over all steps; ``onecycle``: torch's ``OneCycleLR`` defaults for the LR, without its momentum
 cycling; ``constant``; ``plateau``: torch's ``ReduceLROnPlateau`` rule), and a finetuning job gets one optimizer per
-LR group (the head, then each unfrozen block). Training runs in float32 on the CPU (``tensorflow-cpu``); other
-precisions, ``--compile`` and GPU devices are refused up front.
+LR group (the head, then each unfrozen block). Training runs in float32, on the CPU with ``tensorflow-cpu`` (the pinned
+build) or on the GPUs TensorFlow sees (its CUDA build); other precisions, ``--compile`` and GPUs TensorFlow cannot see
+are refused up front.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from zoobot_pipeline.models.tensorflow.finetune import freeze
 from zoobot_pipeline.models.tensorflow.loss import dirichlet_multinomial_loss
 from zoobot_pipeline.models.tensorflow.model import TFModel, build_encoder, build_finetune_model, build_model
 
-__all__ = ["OneCycle", "Plateau", "build_job_model", "check_training", "learning_rate_schedule", "make_optimizers",
-           "model_loss"]
+__all__ = ["OneCycle", "Plateau", "build_job_model", "check_training", "gpus_visible", "learning_rate_schedule",
+           "make_optimizers", "model_loss"]
 
 
 def check_training(config: TrainingConfig) -> None:
@@ -37,9 +38,14 @@ def check_training(config: TrainingConfig) -> None:
         raise UnavailableError(f"--precision {config.precision}: the tensorflow backend trains in fp32 only")
     if config.compile:
         raise UnavailableError("--compile is torch.compile: the tensorflow backend has no such option")
-    if config.device not in ("auto", "cpu"):
-        raise UnavailableError(f"training device {config.device!r}: the tensorflow backend (tensorflow-cpu) trains "
-                               "on the CPU only; use --device auto or cpu")
+    if config.device not in ("auto", "cpu") and not (config.device == "cuda" and gpus_visible()):
+        raise UnavailableError(f"training device {config.device!r}: TensorFlow sees no GPU here (tensorflow-cpu, or "
+                               "no CUDA device); use --device auto or cpu")
+
+
+def gpus_visible() -> bool:
+    """Whether this process's TensorFlow sees a GPU (never with ``tensorflow-cpu``; the CUDA build on a GPU host)."""
+    return bool(tf.config.list_physical_devices("GPU"))
 
 
 def model_loss(model: TFModel):
