@@ -51,9 +51,10 @@ bench: $(KERNELS)
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache
 
-# Container images built with buildah, no Docker daemon: see containers/README.md. TARGET=scoring (default) or
-# training, GPU=1 for onnxruntime-gpu, SIF=1 for the Apptainer .sif too, PUSH=REGISTRY (e.g. ghcr.io/zoobot-pipeline) to
-# push REGISTRY/zoobot-pipeline-TARGET:VERSION and :latest. image-check runs the scoring image against the host.
+# Container images built with buildah, no Docker daemon: see containers/README.md. TARGET=scoring (default),
+# training or training-tensorflow, GPU=1 for onnxruntime-gpu (and TensorFlow's CUDA build), SIF=1 for the Apptainer
+# .sif too, PUSH=REGISTRY (e.g. ghcr.io/zoobot-pipeline) to push REGISTRY/zoobot-pipeline-TARGET:VERSION and :latest.
+# image-check runs the scoring image against the host.
 .PHONY: images image-check
 images:
 	containers/build.sh --target $(or $(TARGET),scoring) $(if $(GPU),--gpu) $(if $(SIF),--sif) $(if $(PUSH),--push $(PUSH))

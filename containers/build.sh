@@ -3,10 +3,13 @@
 # --sif, converts that into an Apptainer image; prints the image's size and its largest layers and packages.
 # Re-running reuses the base image, cached layers and archives.
 #
-# Usage: containers/build.sh [--install-tools] [--target scoring|training] [--gpu] [--sif] [--push REGISTRY]
+# Usage: containers/build.sh [--install-tools] [--target scoring|training|training-tensorflow] [--gpu] [--sif]
+#                           [--push REGISTRY]
 #   --install-tools    install the Debian packages this needs (buildah, podman, mmdebstrap ...) where one is missing
-#   --target TARGET    scoring (default: onnxruntime, Ray Data, Prefect; no torch) or training (torch and everything)
-#   --gpu              onnxruntime-gpu instead of onnxruntime (tags end in -gpu)
+#   --target TARGET    scoring (default: onnxruntime, Ray Data, Prefect; no torch), training (torch and everything)
+#                      or training-tensorflow (TensorFlow and everything, no torch)
+#   --gpu              onnxruntime-gpu instead of onnxruntime, and for training-tensorflow TensorFlow's CUDA build
+#                      instead of tensorflow-cpu (tags end in -gpu)
 #   --sif              also the Apptainer image, made from the docker-archive
 #   --push REGISTRY    after building, tag the image REGISTRY/zoobot-pipeline-TARGET:VERSION and :latest (-gpu
 #                      suffixed for the GPU variant) and push both, e.g. --push ghcr.io/zoobot-pipeline;
@@ -33,22 +36,24 @@ die() { printf 'build.sh: %s\n' "$*" >&2; exit 1; }
 
 target=scoring
 onnxruntime_extra=scoring
+tensorflow_extra=tensorflow
 install_tools=0
 sif=0
 push=
 while (( $# )); do
     case $1 in
-        --target) target=${2:?--target needs scoring or training}; shift ;;
-        --gpu) onnxruntime_extra=gpu ;;
+        --target) target=${2:?--target needs scoring, training or training-tensorflow}; shift ;;
+        --gpu) onnxruntime_extra=gpu tensorflow_extra=tensorflow-cuda ;;
         --install-tools) install_tools=1 ;;
         --sif) sif=1 ;;
         --push) push=${2:?--push needs a registry, e.g. ghcr.io/zoobot-pipeline}; shift ;;
-        -h|--help) sed -n '2,22s/^# \{0,1\}//p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,25s/^# \{0,1\}//p' "$0"; exit 0 ;;
         *) die "unknown argument '$1' (try --help)" ;;
     esac
     shift
 done
-[[ $target == scoring || $target == training ]] || die "--target must be 'scoring' or 'training', not '$target'"
+[[ $target == scoring || $target == training || $target == training-tensorflow ]] \
+    || die "--target must be 'scoring', 'training' or 'training-tensorflow', not '$target'"
 repository=zoobot-pipeline-$target
 suffix=
 if [[ $onnxruntime_extra == gpu ]]; then suffix=-gpu; fi
@@ -130,14 +135,20 @@ fi
 
 if [[ $target == training ]]; then
     log "building $IMAGE from $BASE (a first build downloads torch and its CUDA libraries: several GB)"
+elif [[ $target == training-tensorflow && $tensorflow_extra == tensorflow-cuda ]]; then
+    log "building $IMAGE from $BASE (a first build downloads TensorFlow and the CUDA libraries: several GB)"
 else
     log "building $IMAGE from $BASE"
 fi
+# Which TensorFlow (tensorflow-cpu, or the CUDA build with --gpu): an argument of the training-tensorflow stages only.
+tensorflow_args=()
+if [[ $target == training-tensorflow ]]; then tensorflow_args=(--build-arg TENSORFLOW_EXTRA="$tensorflow_extra"); fi
 previous=$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
 start=$SECONDS
 "${NICE[@]}" buildah bud --pull=never --layers --format docker --target "$target" \
     --file "$REPO/containers/Dockerfile" --ignorefile "$REPO/containers/Dockerfile.dockerignore" \
     --build-arg BASE="$BASE" --build-arg ONNXRUNTIME_EXTRA="$onnxruntime_extra" \
+    "${tensorflow_args[@]}" \
     --secret id=pip_ca,src="$PIP_CA" \
     --tag "$IMAGE" "$REPO"
 log "built $IMAGE in $((SECONDS - start)) s"

@@ -1,7 +1,8 @@
 """The container definitions, checked without building an image: the Dockerfile lints clean and has the structure
-deployments rely on (a scoring image without torch, a training image with it), containers/build.sh drives buildah,
-podman and mmdebstrap (stubbed here) as intended, containers/compare_catalogues.py tells equal catalogues from
-different ones, and without torch (as in the scoring image) the training commands name the training image in one line.
+deployments rely on (a scoring image without torch, a training image with it, a TensorFlow training image without
+it), containers/build.sh drives buildah, podman and mmdebstrap (stubbed here) as intended,
+containers/compare_catalogues.py tells equal catalogues from different ones, and without a framework (as in the scoring
+image) the training commands name the image that has it in one line, or the --framework that is installed.
 The real scoring image is built and run by .ci/run (containers/build.sh, then containers/check_scoring_image.sh)."""
 
 import importlib.util
@@ -58,10 +59,12 @@ def test_base_is_a_build_arg_defaulting_to_python_slim() -> None:
     assert (first["instruction"], first["value"]) == ("ARG", "BASE=python:3.11-slim-bookworm")
     parents = {name: stage[0]["value"].split()[0] for name, stage in _stages().items()}
     assert parents == {"builder": "${BASE}", "scoring-builder": "builder", "runtime": "${BASE}", "scoring": "runtime",
-                       "training-builder": "builder", "training": "runtime"}
-    # --target scoring stops at its stage: nothing of the training image is built (buildah builds the stages up to
+                       "training-builder": "builder", "training": "runtime",
+                       "training-tensorflow-builder": "builder", "training-tensorflow": "runtime"}
+    # --target scoring stops at its stage: nothing of the training images is built (buildah builds the stages up to
     # the target)
     assert list(parents).index("scoring") < list(parents).index("training-builder")
+    assert list(parents).index("scoring") < list(parents).index("training-tensorflow-builder")
 
 
 def test_images_run_the_cli_as_the_user_the_runtime_stage_creates() -> None:
@@ -78,7 +81,7 @@ def test_images_run_the_cli_as_the_user_the_runtime_stage_creates() -> None:
     assert entrypoint == ['["zoobot-pipeline"]'] and "zoobot-pipeline" in scripts
     assert _values(runtime, "HEALTHCHECK") == ['--interval=5m --timeout=30s CMD ["zoobot-pipeline", "--version"]']
     assert _values(runtime, "COPY") == ["flows /opt/zoobot-pipeline/flows"]
-    for image in ("scoring", "training"):
+    for image in ("scoring", "training", "training-tensorflow"):
         # the image adds its venv and labels to the runtime stage, nothing else: the user, entrypoint and environment
         # stay the runtime's
         assert {i["instruction"] for i in stages[image][1:]} == {"COPY", "LABEL"}
@@ -103,7 +106,7 @@ def test_pip_ca_comes_from_a_build_secret_only() -> None:
     stages = _stages()
     counts = {name: len(_pip_installs(stage)) for name, stage in stages.items()}
     assert counts == {"builder": 1, "scoring-builder": 2, "runtime": 0, "scoring": 0, "training-builder": 2,
-                      "training": 0}
+                      "training": 0, "training-tensorflow-builder": 2, "training-tensorflow": 0}
     for name, stage in stages.items():
         for run in _pip_installs(stage):
             assert run.startswith("--mount=type=secret,id=pip_ca ")
@@ -115,13 +118,13 @@ def test_pip_ca_comes_from_a_build_secret_only() -> None:
 
 def _project_install(stage: list[dict]) -> tuple[list[str], list[str]]:
     """The extras of the project and the other requirements that a builder stage's dependency layer installs, with
-    ${ONNXRUNTIME_EXTRA} resolved to the stage's default."""
+    ${ONNXRUNTIME_EXTRA} and ${TENSORFLOW_EXTRA} resolved to the stage's defaults."""
     run = next(run for run in _pip_installs(stage) if '".[' in run)
     assert "-c requirements/constraints.txt" in run
-    default_ort = next(v for v in _values(stage, "ARG") if v.startswith("ONNXRUNTIME_EXTRA=")).split("=")[1]
+    defaults = {f"${{{name}}}": default for name, _, default in (v.partition("=") for v in _values(stage, "ARG"))}
     requirements = shlex.split(run[run.index("pip install"):].split("&&")[0])[4:]
     extras = re.fullmatch(r"\.\[([^\]]+)\]", requirements[0]).group(1).split(",")
-    return [default_ort if extra == "${ONNXRUNTIME_EXTRA}" else extra for extra in extras], requirements[1:]
+    return [defaults.get(extra, extra) for extra in extras], requirements[1:]
 
 
 def _requirement_names(requirements: list[str]) -> set[str]:
@@ -146,16 +149,34 @@ def test_dependencies_come_pinned_from_the_constraints_file() -> None:
     training, extra_requirements = _project_install(stages["training-builder"])
     assert set(training) == {"torch", "ray", "scoring", "orchestration", "zooniverse", "demo", "simulate"}
     assert not extra_requirements
-    for extras in (scoring, training):
+
+    # the TensorFlow training image: tensorflow-cpu by default, TensorFlow's CUDA build (same release) for the GPU
+    # variant, and no torch either way
+    tensorflow, extra_requirements = _project_install(stages["training-tensorflow-builder"])
+    assert set(tensorflow) == {"tensorflow", "ray", "scoring", "orchestration", "zooniverse", "demo", "simulate"}
+    assert not extra_requirements
+    assert declared["tensorflow"][0].startswith("tensorflow-cpu>=")
+    assert declared["tensorflow-cuda"][0].startswith("tensorflow[and-cuda]>=")
+    assert pins["tensorflow"] == pins["tensorflow-cpu"] == "2.21.0"
+    assert set(declared["tensorflow"][1:]) == set(declared["tensorflow-cuda"][1:]), "only the TensorFlow build differs"
+    cuda = [extra if extra != "tensorflow" else "tensorflow-cuda" for extra in tensorflow]
+    for extras in (tensorflow, cuda):
+        brought = _requirement_names([req for extra in extras for req in declared[extra]])
+        assert not brought & {"torch", "torchvision", "timm"} and {"tf2onnx", "galsim"} <= brought
+    for extras in (scoring, training, tensorflow):
         # ONNXRUNTIME_EXTRA=gpu swaps the only extra that brings onnxruntime for the one that brings onnxruntime-gpu
         assert set(extras) <= set(declared) and brings_ort & set(extras) == {"scoring"}
-    for name in ("scoring-builder", "training-builder"):
+    for name in ("scoring-builder", "training-builder", "training-tensorflow-builder"):
         # the code layer installs the package alone: dependencies stay those of the constrained layer
         assert any("pip install --no-deps" in run for run in _pip_installs(stages[name]))
         assert _values(stages[name], "RUN")[-1] == "/opt/venv/bin/zoobot-pipeline kernels compile"
     # the scoring image refuses to build with a training framework in it
     dependency_layer = next(run for run in _pip_installs(stages["scoring-builder"]) if '".[' in run)
     assert "! /opt/venv/bin/pip list --format=freeze | grep -i -E '^(torch|" in dependency_layer
+    # and the TensorFlow training image without torch, with exactly one TensorFlow build
+    dependency_layer = next(run for run in _pip_installs(stages["training-tensorflow-builder"]) if '".[' in run)
+    assert "! /opt/venv/bin/pip list --format=freeze | grep -i -E '^(torch|torchvision|timm)=='" in dependency_layer
+    assert "grep -c -i -E '^tensorflow([-_]cpu)?==')\" = 1" in dependency_layer
 
 
 def test_context_allow_list_sends_what_copy_needs_and_nothing_else() -> None:
@@ -278,7 +299,10 @@ def test_build_script_reports_the_image_size_and_its_largest_layers(stubbed_tool
 
 @pytest.mark.parametrize(("args", "image"), [(("--target", "training"), "training:0.1.0"),
                                               (("--gpu",), "scoring:0.1.0-gpu"),
-                                              (("--target", "training", "--gpu"), "training:0.1.0-gpu")])
+                                              (("--target", "training", "--gpu"), "training:0.1.0-gpu"),
+                                              (("--target", "training-tensorflow"), "training-tensorflow:0.1.0"),
+                                              (("--target", "training-tensorflow", "--gpu"),
+                                               "training-tensorflow:0.1.0-gpu")])
 def test_build_script_targets_and_gpu_variants(stubbed_tools: dict[str, str], args: tuple[str, ...],
                                                image: str) -> None:
     bud = next(call for call in _build({**stubbed_tools, "BASE": "example/base:1"}, *args)
@@ -286,12 +310,20 @@ def test_build_script_targets_and_gpu_variants(stubbed_tools: dict[str, str], ar
     target = args[1] if args[0] == "--target" else "scoring"
     ort = "gpu" if "--gpu" in args else "scoring"
     assert f"--target {target} " in bud and f"--build-arg ONNXRUNTIME_EXTRA={ort} " in bud
+    # which TensorFlow: tensorflow-cpu, or its CUDA build for --gpu; only the TensorFlow stages take the argument
+    tensorflow = re.findall(r"--build-arg TENSORFLOW_EXTRA=(\S+)", bud)
+    if target == "training-tensorflow":
+        assert tensorflow == ["tensorflow-cuda" if "--gpu" in args else "tensorflow"]
+    else:
+        assert tensorflow == []
     assert f"--tag localhost/zoobot-pipeline-{image} " in bud and "--build-arg BASE=example/base:1" in bud
 
 
 def test_build_script_bad_arguments(stubbed_tools: dict[str, str]) -> None:
-    for args, message in ((("--target", "serving"), "--target must be 'scoring' or 'training', not 'serving'"),
-                          (("--target",), "--target needs scoring or training"),
+    for args, message in ((("--target", "serving"),
+                           "--target must be 'scoring', 'training' or 'training-tensorflow', not 'serving'"),
+                          (("--target", "training-builder"), "not 'training-builder'"),
+                          (("--target",), "--target needs scoring, training or training-tensorflow"),
                           (("--sign",), "unknown argument '--sign'"),
                           (("--push",), "--push needs a registry"),
                           (("--push", "ghcr.io/zoobot:latest"), "without a tag")):
@@ -332,7 +364,9 @@ def test_build_script_names_or_installs_missing_debian_tools(stubbed_tools: dict
 
 
 @pytest.mark.parametrize(("args", "name", "suffix"), [((), "scoring", ""), (("--gpu",), "scoring", "-gpu"),
-                                                      (("--target", "training"), "training", "")])
+                                                      (("--target", "training"), "training", ""),
+                                                      (("--target", "training-tensorflow", "--gpu"),
+                                                       "training-tensorflow", "-gpu")])
 def test_build_script_pushes_the_version_and_latest_tags(stubbed_tools: dict[str, str], args: tuple[str, ...],
                                                          name: str, suffix: str) -> None:
     registry = "registry.example:5000/zoobot"
@@ -404,20 +438,38 @@ def test_compare_catalogues_tells_equal_from_different() -> None:
     assert compare(host, host.drop_columns(["flag"]), 1e-6)[1][0].startswith("columns differ: ")
 
 
-# Runs CLI commands in a process where torch, timm and ONNX export cannot be imported, as in the scoring image; prints
-# each command's exit code and stderr as JSON.
-WITHOUT_TORCH = """
+# Runs CLI commands (argv[2]) in a process where the modules in argv[1] cannot be imported, as in an image without
+# them; prints each command's exit code and stderr as JSON.
+WITHOUT = """
 import json, sys
-for name in ("torch", "torchvision", "timm", "safetensors", "onnx", "onnxscript"):
+for name in json.loads(sys.argv[1]):
     sys.modules[name] = None
 from typer.testing import CliRunner
 from zoobot_pipeline.cli import app
-results = [CliRunner().invoke(app, args) for args in json.loads(sys.argv[1])]
+results = [CliRunner().invoke(app, args) for args in json.loads(sys.argv[2])]
 print(json.dumps([[result.exit_code, result.stderr] for result in results]))
 """
+TORCH = ["torch", "torchvision", "timm", "onnxscript"]
+TENSORFLOW = ["tensorflow", "keras", "tf2onnx"]
+SCORING_IMAGE = [*TORCH, "safetensors", "onnx", *TENSORFLOW]  # no training framework
 
 
-def test_training_commands_without_torch_name_the_training_image(tmp_path: Path) -> None:
+def _errors_without(modules: list[str], commands: list[list[str]]) -> list[tuple[int, str]]:
+    output = subprocess.run([sys.executable, "-c", WITHOUT, json.dumps(modules), json.dumps(commands)],
+                            capture_output=True, text=True, check=True, env={**os.environ, "COLUMNS": "300"}).stdout
+    return [(code, stderr.strip()) for code, stderr in json.loads(output)]
+
+
+@pytest.mark.parametrize(("missing", "message"), [
+    (SCORING_IMAGE, "error: the torch backend needs torch, which is not installed here (the scoring image has no "
+                    "training framework): use the training image, or pip install 'zoobot-pipeline[torch]'"),
+    (TORCH, "error: the torch backend needs torch, which is not installed here (the tensorflow backend is installed: "
+            "train with --framework tensorflow): use the training image, or pip install 'zoobot-pipeline[torch]'")],
+    ids=["scoring-image", "training-tensorflow-image"])
+def test_torch_commands_without_torch_name_the_training_image(tmp_path: Path, missing: list[str],
+                                                              message: str) -> None:
+    if "tensorflow" not in missing and importlib.util.find_spec("tensorflow") is None:
+        pytest.skip("tensorflow is not installed here: the TensorFlow training image cannot be imitated")
     from test_scoring_support import MODEL, PREPROCESSING
 
     from zoobot_pipeline.models.torch.checkpoint import save_checkpoint
@@ -425,14 +477,31 @@ def test_training_commands_without_torch_name_the_training_image(tmp_path: Path)
 
     checkpoint = save_checkpoint(build_model(MODEL).eval(), tmp_path / "checkpoint", PREPROCESSING)
     release, labels = tmp_path / "release", tmp_path / "labels.csv"
+    # pretrain and finetune --from-scratch without --framework use torch; export the checkpoint's framework
     commands = [["pretrain", "--release", str(release), "--out", str(tmp_path / "pretrained")],
                 ["finetune", "--release", str(release), "--labels", str(labels), "--out", str(tmp_path / "finetuned"),
                  "--task", "classification", "--label-column", "kind", "--from-scratch"],
                 ["export", "--from", str(checkpoint), "--out", str(tmp_path / "package")]]
-    output = subprocess.run([sys.executable, "-c", WITHOUT_TORCH, json.dumps(commands)], capture_output=True,
-                            text=True, check=True, env={**os.environ, "COLUMNS": "300"}).stdout
-    message = ("error: the torch backend needs torch, which is not installed here (the scoring image has no training "
-               "framework): use the training image, or pip install 'zoobot-pipeline[torch]'")
-    for command, (code, stderr) in zip(commands, json.loads(output), strict=True):
-        assert (code, stderr.strip()) == (2, message), command
+    for command, result in zip(commands, _errors_without(missing, commands), strict=True):
+        assert result == (2, message), command
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoint"], "nothing written"
+
+
+@pytest.mark.tensorflow
+@pytest.mark.parametrize(("missing", "where"), [
+    (SCORING_IMAGE, "the scoring image has no training framework"),
+    (TENSORFLOW, "the torch backend is installed: train with --framework torch")],
+    ids=["scoring-image", "training-image"])
+def test_a_tensorflow_checkpoint_without_tensorflow_names_the_tensorflow_image(tmp_path: Path, missing: list[str],
+                                                                             where: str) -> None:
+    pytest.importorskip("zoobot_pipeline.models.tensorflow")
+    from test_scoring_support import MODEL, PREPROCESSING
+
+    from zoobot_pipeline.models.tensorflow.checkpoint import save_checkpoint
+    from zoobot_pipeline.models.tensorflow.model import build_model
+
+    checkpoint = save_checkpoint(build_model(MODEL, seed=0), tmp_path / "checkpoint", PREPROCESSING)
+    [result] = _errors_without(missing, [["export", "--from", str(checkpoint), "--out", str(tmp_path / "package")]])
+    assert result == (2, f"error: the tensorflow backend needs tensorflow, which is not installed here ({where}): use "
+                         "the training-tensorflow image, or pip install 'zoobot-pipeline[tensorflow]'")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoint"], "nothing written"

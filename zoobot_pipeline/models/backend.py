@@ -8,6 +8,7 @@ tensorflow: a backend's module is imported only when it is first asked for.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,10 @@ class Backend(Protocol):
 
 _BACKENDS: dict[str, str | Backend] = {"torch": "zoobot_pipeline.models.torch.backend:BACKEND",
                                        "tensorflow": "zoobot_pipeline.models.tensorflow.backend:BACKEND"}
+# The framework each built-in backend imports first, and the image that has it (containers/README.md): what the error
+# for a missing framework names, found without importing any framework.
+_FRAMEWORKS = {"torch": "torch", "tensorflow": "tensorflow"}
+_IMAGES = {"torch": "the training image", "tensorflow": "the training-tensorflow image"}
 
 
 def register_backend(name: str, backend: str | Backend) -> None:
@@ -125,12 +130,24 @@ def get_backend(name: str) -> Backend:
         except ModuleNotFoundError as err:
             if err.name is None or err.name.split(".")[0] == __name__.split(".")[0]:
                 raise  # a bug in zoobot-pipeline itself, not a missing framework
-            raise UnavailableError(
-                f"the {name} backend needs {err.name}, which is not installed here (the scoring image has no "
-                f"training framework): use the training image, or pip install 'zoobot-pipeline[{name}]'") from None
+            raise UnavailableError(_missing_framework(name, err.name)) from None
         entry = getattr(imported, attribute)
         _BACKENDS[name] = entry
     return entry
+
+
+def _missing_framework(name: str, missing: str) -> str:
+    """The one line for backend ``name`` whose framework module ``missing`` is not installed: which built-in backend
+    is installed instead (as in the training-tensorflow image) or that none is (as in the scoring image), the image
+    that has ``name``, and its extra."""
+    others = [other for other, module in _FRAMEWORKS.items()
+              if other != name and importlib.util.find_spec(module) is not None]
+    if others:
+        where = "; ".join(f"the {other} backend is installed: train with --framework {other}" for other in others)
+    else:
+        where = "the scoring image has no training framework"
+    return (f"the {name} backend needs {missing}, which is not installed here ({where}): use "
+            f"{_IMAGES.get(name, 'a training image')}, or pip install 'zoobot-pipeline[{name}]'")
 
 
 def checkpoint_backend(path: str | Path) -> Backend:
