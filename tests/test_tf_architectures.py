@@ -25,6 +25,9 @@ PREPROCESSING = PreprocessingConfig.gz_decals(input_size=32)
 @pytest.mark.parametrize("architecture", ["efficientnet_b0", "convnext_tiny"])
 def test_real_encoders_round_trip_and_export_with_parity(architecture, tmp_path):
     model = build_model(ModelConfig.from_preprocessing(PREPROCESSING, architecture=architecture), seed=0)
+    norms = [layer for layer in model.encoder.layers[-1].layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert all((n.momentum, n.epsilon) == (0.9, 1e-5) for n in norms)  # torch's batch norm (ConvNeXt has none)
+    assert (len(norms) > 40) == (architecture == "efficientnet_b0")
     weights = model.dense.get_weights()
     model.dense.set_weights([np.random.default_rng(0).normal(0, 0.5, weights[0].shape).astype(np.float32),
                              weights[1]])  # outputs that vary with the input, as after training
