@@ -34,6 +34,17 @@ class TrainingProgress:
     best_epoch: int = -1
     history: list[dict[str, float]] = field(default_factory=list)
 
+    def record(self, epoch: int, train_loss: float, val_loss: float, lr: float, world_size: int) -> dict[str, Any]:
+        """Add a finished epoch; returns the metrics its report carries (``improved``: a new best validation loss)."""
+        improved = val_loss < self.best_val_loss
+        self.epoch = epoch
+        self.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr})
+        if improved:
+            self.best_val_loss, self.best_epoch = val_loss, epoch
+        return {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
+                "best_val_loss": self.best_val_loss, "best_epoch": self.best_epoch, "world_size": world_size,
+                "improved": improved}
+
 
 def copy_checkpoint(model_dir: Path, out_dir: str | Path, metrics: dict[str, Any] | None,
                     load_checkpoint: Callable[[Path], Any], save_checkpoint: Callable[..., Path]) -> Path:

@@ -144,14 +144,7 @@ def run_training(job: TrainingJob, session: TrainingSession, quiet: bool = True)
             train_loss, val_loss = train_total / max(train_count, 1), val_total / max(val_count, 1)
             if config.schedule == "plateau":
                 plateau.step(val_loss)
-            improved = val_loss < progress.best_val_loss
-            progress.epoch = epoch
-            progress.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr})
-            if improved:
-                progress.best_val_loss, progress.best_epoch = val_loss, epoch
-            session.report({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
-                            "best_val_loss": progress.best_val_loss, "best_epoch": progress.best_epoch,
-                            "world_size": world, "improved": improved}, write_state)
+            session.report(progress.record(epoch, train_loss, val_loss, lr, world), write_state)
     if not math.isfinite(progress.best_val_loss):
         raise RuntimeError("training finished without a finite validation loss")
     return summary()

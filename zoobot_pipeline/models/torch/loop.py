@@ -159,14 +159,7 @@ def train_task(task: TrainingTask, config: TrainingConfig, preprocessing: Prepro
                 [train_total, train_count, val_total, val_count])
             train_loss, val_loss = train_total / max(train_count, 1), val_total / max(val_count, 1)
             step_epoch_schedule(scheduler, val_loss)
-            improved = val_loss < progress.best_val_loss
-            progress.epoch = epoch
-            progress.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr})
-            if improved:
-                progress.best_val_loss, progress.best_epoch = val_loss, epoch
-            session.report({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
-                            "best_val_loss": progress.best_val_loss, "best_epoch": progress.best_epoch,
-                            "world_size": session.world_size, "improved": improved}, write_state)
+            session.report(progress.record(epoch, train_loss, val_loss, lr, session.world_size), write_state)
     if not math.isfinite(progress.best_val_loss):
         raise RuntimeError("training finished without a finite validation loss")
     return summary()
