@@ -332,13 +332,29 @@ def _finished_earlier(out_dir: Path, summary: dict[str, Any],
     return rows, [pa.Table.from_pylist(kept, schema=pq.read_schema(out_dir / ACQUIRED_FILE))] if kept else []
 
 
+def _round_0_of(start_from: Path | None, summary: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """Round-0 result rows by seed of the experiment in ``start_from`` (None: none); its release and settings apart
+    from strategies and seeds must be this experiment's."""
+    if start_from is None:
+        return {}
+    earlier = json.loads((start_from / EXPERIMENT_JSON).read_text())
+    differs = [key for key in summary["config"] if key not in ("strategies", "seeds")
+               and earlier["config"].get(key) != summary["config"][key]]
+    if differs or earlier["release"] != summary["release"]:
+        raise ValueError(f"{start_from} holds another experiment (differs in {differs or ['release']}): its round-0 "
+                         "models cannot start this one")
+    return {r["seed"]: r for r in pq.read_table(start_from / RESULTS_FILE).to_pylist() if r["round"] == 0}
+
+
 def run_experiment(release_dir: str | Path, out_dir: str | Path, config: ExperimentConfig,
-                   log: Callable[[str], None] = lambda message: None) -> pa.Table:
+                   log: Callable[[str], None] = lambda message: None, start_from: str | Path | None = None) -> pa.Table:
     """Run every strategy for every seed on a simulated release (``votes.parquet`` with every source's votes,
     ``truth.parquet``) and return the results table (also written to ``out_dir``; see the module docstring).
     ``log`` gets one line per round. Resumes: in an ``out_dir`` where the same experiment was cut short, the
     (seed, strategy) curves it finished are kept, a seed's round-0 model is reused when its catalogue is there, and a
-    curve cut short starts again from round 1."""
+    curve cut short starts again from round 1. ``start_from``: the out_dir of an experiment with the same release and
+    settings (other strategies or seeds) whose round-0 models (catalogue and measured row) this one starts from for
+    the seeds both have: more strategies on the same start without training it again."""
     release_dir, out_dir = Path(release_dir), Path(out_dir)
     schema = get_schema(config.round.schema_name)
     oracle = release_dir / "votes.parquet"
@@ -354,6 +370,8 @@ def run_experiment(release_dir: str | Path, out_dir: str | Path, config: Experim
                "n_with_votes": len(ids), "n_pool": len(ids) - config.n_test - config.n_initial,
                "code_version": __version__}
     done, acquired = _finished_earlier(out_dir, summary, config)
+    start_from = Path(start_from) if start_from is not None else None
+    given_starts = _round_0_of(start_from, summary)
     records = _Records(out_dir, truth, schema, summary, list(done), acquired)
 
     def get_votes(queue: pa.Table, path: Path) -> Path:
@@ -379,6 +397,10 @@ def run_experiment(release_dir: str | Path, out_dir: str | Path, config: Experim
         if start_row is not None and (seed_dir / "round_0" / "catalogue").is_dir():
             start_catalogue = seed_dir / "round_0" / "catalogue"
             log(f"seed {seed} round 0: measured before ({', '.join(sorted(finished))} finished)")
+        elif seed in given_starts and (start_from / f"seed_{seed}" / "round_0" / "catalogue").is_dir():
+            start_row = given_starts[seed]
+            start_catalogue = start_from / f"seed_{seed}" / "round_0" / "catalogue"
+            log(f"seed {seed} round 0: {start_catalogue}, test NLL {start_row['test_nll']:.3f}")
         else:
             start = train_and_score(release_dir, initial, seed_dir / "round_0", config.round, seed)
             start_row = {"seed": seed, "round": 0, "n_labelled": config.n_initial, **measure(start),

@@ -2,7 +2,7 @@
 
 Run: .venv/bin/python benchmarks/scoring_throughput.py [--galaxies 800 --tiles 4 | --release DIR]
      [--architectures efficientnet_b0,convnext_nano] [--size 224] [--epochs 2] [--batch 8] [--prep-workers 1]
-     [--device cpu|cuda|tensorrt] [--torch-device cpu|cuda] [--threads N] [--cli] [--ray] [--work DIR]
+     [--passes 3] [--device cpu|cuda|tensorrt] [--torch-device cpu|cuda] [--threads N] [--cli] [--ray] [--work DIR]
 
 Simulates a release (or reads ``--release``), and for each architecture trains a model for a few epochs, exports it
 with an int8 variant (fp16 too on a GPU device) calibrated on the release, then measures in one run, in galaxies/s:
@@ -11,7 +11,9 @@ with an int8 variant (fp16 too on a GPU device) calibrated on the release, then 
 - model-only onnxruntime on the preprocessed images: fp32 with S=1 and S=5 MC-dropout masks, int8 (and fp16) S=5;
 - torch eager on the same checkpoint and batches (channels_last, encoder once + S=5 head samples);
 - end to end: ``score_release`` from the FITS tiles to the Parquet catalogue (uncertainty included), fp32 and int8,
-  with ``--prep-workers`` preparing threads (and, for comparison, fp32 with every stage in one thread), with the
+  ``--passes`` times each, every pass back to back with a model-only pass (order alternating; the end-to-end /
+  model-only ratio is the median over these pairs, as one pass on a shared machine swings by 0.25), with
+  ``--prep-workers`` preparing threads (and, for comparison, fp32 with every stage in one thread), with the
   per-stage timeline of the fp32 run (prepare, model and columns, and how much of them overlapped);
 - with ``--cli``: the same fp32 job through ``zoobot-pipeline score`` in a fresh process (wall clock, start-up
   included), against the library's end-to-end rate;
@@ -146,14 +148,32 @@ def _rate(run: Callable[[], object], n: int, repeats: int = 2) -> float:
     return best
 
 
-def _onnx_rate(session: PackageSession, images: np.ndarray, ids: list[str], batch: int, samples: int) -> float:
+def _onnx_rate(session: PackageSession, images: np.ndarray, ids: list[str], batch: int, samples: int,
+               repeats: int = 2) -> float:
     session.predict(images[:batch], ids[:batch], samples)
 
     def run() -> None:
         for start in range(0, len(images), batch):
             session.predict(images[start : start + batch], ids[start : start + batch], samples)
 
-    return _rate(run, len(images))
+    return _rate(run, len(images), repeats)
+
+
+def _interleaved_pairs(runs: dict[str, tuple[Callable[[], float], Callable[[], float]]],
+                       passes: int) -> dict[str, tuple[list[float], list[float]]]:
+    """Per variant, ``passes`` (model-only, end-to-end) rates, each pair measured back to back, the order alternating
+    between passes and the variants interleaved, so that a slow spell of a shared machine lands on both sides of a
+    ratio rather than on one."""
+    pairs: dict[str, tuple[list[float], list[float]]] = {variant: ([], []) for variant in runs}
+    for i in range(passes):
+        for variant, (model_only, end_to_end) in runs.items():
+            if i % 2 == 0:
+                model_rate, e2e_rate = model_only(), end_to_end()
+            else:
+                e2e_rate, model_rate = end_to_end(), model_only()
+            pairs[variant][0].append(model_rate)
+            pairs[variant][1].append(e2e_rate)
+    return pairs
 
 
 @torch.no_grad()
@@ -269,17 +289,32 @@ def _measure(architecture: str, release: Path, tmp: Path, args: argparse.Namespa
     for variant, session in sessions.items():
         rates[f"onnx {variant} S={args.samples}"] = _onnx_rate(session, images, ids, args.batch, args.samples)
     rates[f"torch eager S={args.samples}"] = _torch_rate(checkpoint, images, args.batch, args.samples, torch_device)
-    timeline = Timeline()
     workers = default_prep_workers(args.device) if args.prep_workers is None else args.prep_workers
     other = 1 if workers == 0 else 0
-    for variant, workers_, label in (("fp32", workers, "fp32"), ("int8", workers, "int8"),
-                                     ("fp32", other, f"fp32, {other} prep threads")):
+
+    def end_to_end(variant: str, workers_: int, recorded: Timeline | None = None) -> float:
         start = time.perf_counter()
         score_release(release, package_dir, tmp / f"catalogue-{variant}", batch_size=args.batch,
                       mc_samples=args.samples, device=args.device, threads=args.threads, variant=variant,
-                      prep_workers=workers_, overwrite=True, progress=False,
-                      timeline=timeline if variant == "fp32" and workers_ == max(workers, other) else None)
-        rates[f"end to end {label} S={args.samples}"] = n / (time.perf_counter() - start)
+                      prep_workers=workers_, overwrite=True, progress=False, timeline=recorded)
+        return n / (time.perf_counter() - start)
+
+    def model_only(variant: str) -> float:
+        return _onnx_rate(sessions[variant], images, ids, args.batch, args.samples, repeats=1)
+
+    timelines: list[Timeline] = []
+
+    def end_to_end_fp32() -> float:
+        timelines.append(Timeline())
+        return end_to_end("fp32", workers, timelines[-1])
+
+    pairs = _interleaved_pairs({"fp32": (lambda: model_only("fp32"), end_to_end_fp32),
+                                "int8": (lambda: model_only("int8"), lambda: end_to_end("int8", workers))},
+                               args.passes)
+    timeline = timelines[-1]
+    for variant, (_, e2e_rates) in pairs.items():
+        rates[f"end to end {variant} S={args.samples}"] = float(np.median(e2e_rates))
+    rates[f"end to end fp32, {other} prep threads S={args.samples}"] = end_to_end("fp32", other)
     if args.cli:
         rates[f"CLI end to end fp32 S={args.samples}"] = n / _cli_seconds(release, package_dir, tmp / "catalogue-cli",
                                                                          args)
@@ -293,9 +328,11 @@ def _measure(architecture: str, release: Path, tmp: Path, args: argparse.Namespa
     s = args.samples
     print("\nratios (same run, same batches)")
     print(f"  S={s} / S=1 cost (onnx fp32):          {rates['onnx fp32 S=1'] / rates[f'onnx fp32 S={s}']:.3f}")
-    for variant in ("fp32", "int8"):
-        ratio = rates[f"end to end {variant} S={s}"] / rates[f"onnx {variant} S={s}"]
-        print(f"  end to end / model-only ({variant}):       {ratio:.3f}")
+    for variant, (model_rates, e2e_rates) in pairs.items():
+        ratios = np.array(e2e_rates) / np.array(model_rates)
+        print(f"  end to end / model-only ({variant}):       {np.median(ratios):.3f}  (median of {len(ratios)} "
+              f"interleaved pairs: {', '.join(f'{r:.3f}' for r in ratios)}; model-only "
+              f"{', '.join(f'{r:.1f}' for r in model_rates)}/s)")
     alternative = rates[f"end to end fp32, {other} prep threads S={s}"] / rates[f"onnx fp32 S={s}"]
     print(f"  end to end, {other} prep threads / model-only (fp32): {alternative:.3f}")
     print(f"  int8 / fp32 (model-only):             {rates[f'onnx int8 S={s}'] / rates[f'onnx fp32 S={s}']:.3f}")
@@ -326,6 +363,8 @@ def main() -> None:
                         "temporary directory); a release or model already there is reused")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--samples", type=int, default=5)
+    parser.add_argument("--passes", type=int, default=3, help="interleaved (model-only, end-to-end) pairs per "
+                        "variant; the ratios printed are their medians")
     parser.add_argument("--prep-workers", type=int, default=None,
                         help="threads cutting and preprocessing (default: score's, 0 on a CPU device)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "tensorrt"])

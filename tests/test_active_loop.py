@@ -258,3 +258,18 @@ def test_a_rerun_resumes_keeping_finished_curves_and_redoing_one_cut_short(exper
     other = config.model_copy(update={"top_k": TOP_K + 1})
     with pytest.raises(ValueError, match="another experiment"):
         run_experiment(release, copy, other)
+
+
+def test_more_strategies_start_from_another_experiments_round_0_models(experiment, tmp_path):
+    release, out, config, results, _ = experiment
+    more = config.model_copy(update={"strategies": (config.strategies[1],)})  # random again, in a folder of its own
+    lines: list[str] = []
+    again = run_experiment(release, tmp_path / "more", more, log=lines.append, start_from=out).to_pylist()
+    assert lines[0] == f"seed 4 round 0: {out / 'seed_4' / 'round_0' / 'catalogue'}, test NLL " \
+                       f"{results.filter(pc.equal(results['round'], 0))['test_nll'][0].as_py():.3f}"
+    assert not (tmp_path / "more" / "seed_4" / "round_0").exists()  # not trained again
+    before = [r for r in results.to_pylist() if r["strategy"] == "random"]
+    assert [(r["round"], r["n_labelled"], r["test_nll"]) for r in again] == [
+        (r["round"], r["n_labelled"], r["test_nll"]) for r in before]
+    with pytest.raises(ValueError, match="cannot start this one"):
+        run_experiment(release, tmp_path / "other", more.model_copy(update={"top_k": TOP_K + 1}), start_from=out)
