@@ -23,6 +23,8 @@ Strategies: the experiment's presets (``al_experiment.preset_strategies``) and
   the Dirichlet-Multinomial NLL of its (hidden) simulated votes under the model's concentrations minus their NLL under
   the true answer probabilities (clipped at 0), i.e. how wrong the current model is about that galaxy, which no real
   acquisition function can know. If even this saves few labels, no better estimate of per-galaxy uncertainty could.
+- ``topk_oracle``: the K galaxies of largest ``oracle_error``: whether a sharper batch than power sampling's would
+  raise that bound (top K of BALD needs more labels than random, but BALD's top K is mostly stars).
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ def candidate_strategies(schema_name: str, targeted_question: str, entropy_beta:
     return preset_strategies(schema_name, targeted_question) | {
         "power_entropy": Strategy(name="power_entropy", acquisition="entropy", sampling="power", beta=entropy_beta),
         "power_oracle": Strategy(name="power_oracle", acquisition=ORACLE, sampling="power"),
+        "topk_oracle": Strategy(name="topk_oracle", acquisition=ORACLE),
     }
 
 
