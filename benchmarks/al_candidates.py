@@ -40,6 +40,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from al_experiment import ExperimentConfig, Strategy, preset_strategies, run_experiment
 from al_summary import REFERENCE, summarise
+from pydantic import ValidationError
 
 from zoobot_pipeline.active.acquisition import register_acquisition
 from zoobot_pipeline.data.votes import read_votes, vote_matrix
@@ -89,10 +90,18 @@ def main() -> None:
                         "strategy's other seeds")
     parser.add_argument("--json", type=Path, default=None, help="also write the verdict here")
     args = parser.parse_args()
+    needed = [args.work / "results" / "experiment.json", *(args.work / f"results_{name}" / "results.parquet"
+                                                           for name in args.also)]
+    missing = [str(path) for path in needed if not path.is_file()]
+    if missing:
+        parser.error(f"{missing[0]} does not exist: --work must be active_learning.py's work folder and each --with "
+                     "NAME an earlier run of this script there")
     experiment = json.loads((args.work / "results" / "experiment.json").read_text())
     main_config = ExperimentConfig.model_validate(experiment["config"])
     release = Path(experiment["release"])
     schema = get_schema(main_config.round.schema_name)
+    if not args.entropy_beta > 0:
+        parser.error(f"--entropy-beta must be > 0, got {args.entropy_beta}")
     known = candidate_strategies(main_config.round.schema_name,
                                  main_config.targeted_question or main_config.question, args.entropy_beta)
     unknown = sorted(set(args.strategies) - set(known))
@@ -100,8 +109,11 @@ def main() -> None:
         parser.error(f"unknown strategies {unknown}; known: {', '.join(known)}")
     if ORACLE in {known[name].acquisition for name in args.strategies}:
         register_oracle(release, schema)
-    config = main_config.model_copy(update={
-        "seeds": tuple(args.seeds), "strategies": tuple(known[name] for name in args.strategies)})
+    try:
+        config = ExperimentConfig.model_validate(main_config.model_dump() | {
+            "seeds": tuple(args.seeds), "strategies": tuple(known[name] for name in args.strategies)})
+    except ValidationError as err:
+        parser.error(f"--seeds/--strategies: {err.errors()[0]['msg']}")
     started = time.perf_counter()
     rows = run_experiment(release, args.work / f"results_{args.name}", config, log=lambda line: print(
         f"[{time.perf_counter() - started:5.0f} s] {line}", flush=True), start_from=args.work / "results").to_pylist()

@@ -373,6 +373,8 @@ def main() -> None:
     parser.add_argument("--cli", action="store_true", help="also time `zoobot-pipeline score` in a fresh process")
     parser.add_argument("--ray", action="store_true", help="also time the fp32 job on Ray Data on this machine")
     args = parser.parse_args()
+    if args.passes < 1:
+        parser.error(f"--passes must be at least 1, got {args.passes}")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch_device = args.torch_device or ("cpu" if args.device == "cpu" else "cuda")
