@@ -25,6 +25,11 @@ Strategies: the experiment's presets (``al_experiment.preset_strategies``) and
   acquisition function can know. If even this saves few labels, no better estimate of per-galaxy uncertainty could.
 - ``topk_oracle``: the K galaxies of largest ``oracle_error``: whether a sharper batch than power sampling's would
   raise that bound (top K of BALD needs more labels than random, but BALD's top K is mostly stars).
+- ``power_bald_stratified``, ``power_oracle_stratified``, ``topk_oracle_stratified``: power BALD, the power oracle
+  and the top-K oracle with the batch shared among the model's predicted kinds (:data:`STRATA`) in proportion to the
+  eligible pool (:mod:`zoobot_pipeline.active.strata`): the top K of the true error is 87-92% bright featured
+  galaxies and needs more labels than random, so a batch that keeps the pool's make-up may be what pays. No
+  parameter to tune.
 """
 
 from __future__ import annotations
@@ -48,6 +53,9 @@ from zoobot_pipeline.schemas import Schema, get_schema
 from zoobot_pipeline.stats import dirichlet_multinomial_nll
 
 ORACLE = "oracle_error"
+STRATA = {"decals_dr5": ("smooth-or-featured-dr5", "disk-edge-on-dr5")}
+"""The questions a stratified candidate's strata come from, per tree: what the model thinks a galaxy is (smooth,
+featured or artefact; edge-on or not)."""
 
 
 def register_oracle(release: Path, schema: Schema) -> None:
@@ -71,11 +79,17 @@ def register_oracle(release: Path, schema: Schema) -> None:
 
 def candidate_strategies(schema_name: str, targeted_question: str, entropy_beta: float) -> dict[str, Strategy]:
     """The presets and the candidates of the module docstring, by name."""
+    strata = STRATA.get(schema_name)
+    stratified = {} if strata is None else {
+        "power_bald_stratified": Strategy(name="power_bald_stratified", sampling="power", stratify_by=strata),
+        "power_oracle_stratified": Strategy(name="power_oracle_stratified", acquisition=ORACLE, sampling="power",
+                                            stratify_by=strata),
+        "topk_oracle_stratified": Strategy(name="topk_oracle_stratified", acquisition=ORACLE, stratify_by=strata)}
     return preset_strategies(schema_name, targeted_question) | {
         "power_entropy": Strategy(name="power_entropy", acquisition="entropy", sampling="power", beta=entropy_beta),
         "power_oracle": Strategy(name="power_oracle", acquisition=ORACLE, sampling="power"),
         "topk_oracle": Strategy(name="topk_oracle", acquisition=ORACLE),
-    }
+    } | stratified
 
 
 def main() -> None:

@@ -109,7 +109,7 @@ DEFAULT_ROUND = RoundConfig(model=ModelConfig(architecture="resnet18", input_siz
 class Strategy(BaseModel):
     """How one curve of the experiment acquires: the options it passes to
     :func:`~zoobot_pipeline.active.ranking.rank_catalogue` (acquisition function, sampling mode, ``beta``, random
-    fraction, answer exclusions, question weights), under a name of its own."""
+    fraction, answer exclusions, question weights, strata), under a name of its own."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -120,12 +120,13 @@ class Strategy(BaseModel):
     random_fraction: float = Field(default=0.0, ge=0, lt=1)
     exclude_answers: tuple[str, ...] = ()
     weights: dict[str, float] | None = None
+    stratify_by: tuple[str, ...] = ()
 
     def rank_options(self) -> dict[str, Any]:
         """Keyword arguments of ``rank_catalogue`` for this strategy."""
         return {"acquisition": self.acquisition, "sampling": self.sampling, "beta": self.beta,
                 "random_fraction": self.random_fraction, "exclude_answers": self.exclude_answers,
-                "weights": self.weights}
+                "weights": self.weights, "stratify_by": self.stratify_by}
 
 
 PRESET_NAMES = ("random", "topk_bald", "power_bald", "power_bald_curated", "targeted")
@@ -319,7 +320,8 @@ def _finished_earlier(out_dir: Path, summary: dict[str, Any],
     if not path.is_file() or not (out_dir / RESULTS_FILE).is_file():
         return [], []
     earlier = json.loads(path.read_text())
-    if earlier["config"] != summary["config"] or earlier["release"] != summary["release"]:
+    earlier_config = ExperimentConfig.model_validate(earlier["config"]).model_dump(mode="json")  # newer defaults
+    if earlier_config != summary["config"] or earlier["release"] != summary["release"]:
         raise ValueError(f"{out_dir} holds another experiment ({path} differs): use another folder")
     rows = pq.read_table(out_dir / RESULTS_FILE).to_pylist()
     complete = {key for key, n in Counter((r["seed"], r["strategy"]) for r in rows).items()

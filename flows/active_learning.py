@@ -98,14 +98,14 @@ def active_learning_cycle(release_dir: Path, new_votes: Path, labelled_votes: Pa
                           project_id: int | None = None, subject_set_id: int | None = None,
                           endpoint: str = DEFAULT_ENDPOINT, dry_run: bool = True,
                           current_package: Path | None = None, sampling: str | None = None, beta: float = 1.0,
-                          random_fraction: float = 0.0,
-                          exclude_answers: list[str] | None = None) -> CycleResult | None:
+                          random_fraction: float = 0.0, exclude_answers: list[str] | None = None,
+                          stratify_by: list[str] | None = None) -> CycleResult | None:
     """Fold ``new_votes`` into ``labelled_votes`` (Parquet), finetune ``pretrained`` on them, export, score the pool
     ``release_dir`` and queue its ``top_k`` most wanted galaxies (see the module docstring); ``None`` when there is
     no ``new_votes`` file. Training uses ``workers`` Ray Train workers (1 and no ``ray_address``: in-process), each
     with ``gpus_per_worker`` GPUs; scoring runs on Ray Data with ``use_ray`` or a ``ray_address`` (``score_workers``
     actors, with ``gpus_per_worker`` GPUs each when ``device`` is not ``"cpu"``). ``acquisition`` (or a shorthand
-    such as ``power_bald``), ``sampling``, ``beta``, ``random_fraction`` and ``exclude_answers``: as in
+    such as ``power_bald``), ``sampling``, ``beta``, ``random_fraction``, ``exclude_answers`` and ``stratify_by``: as in
     :func:`~zoobot_pipeline.active.ranking.rank_catalogue` (the defaults: top K of mutual information)."""
     logger = get_run_logger()
     if not new_votes.is_file():
@@ -120,7 +120,8 @@ def active_learning_cycle(release_dir: Path, new_votes: Path, labelled_votes: Pa
     cycle = Cycle.open(release_dir, new_votes, labelled_votes, work_dir, queue_dir, config, top_k=top_k,
                        acquisition=acquisition, seed=seed, resources=resources,
                        rank_options={"sampling": sampling, "beta": beta, "random_fraction": random_fraction,
-                                     "exclude_answers": tuple(exclude_answers or ())})
+                                     "exclude_answers": tuple(exclude_answers or ()),
+                                     "stratify_by": tuple(stratify_by or ())})
     with cycle.lock():
         n_labelled = merge_new_votes(cycle)
         checkpoint = train_model(cycle)

@@ -137,18 +137,19 @@ def rank_and_queue(catalogue: Path, release_dir: Path, queue_dir: Path, top_k: i
                    project_id: int | None = None, subject_set_id: int | None = None,
                    endpoint: str = DEFAULT_ENDPOINT, dry_run: bool = True, sampling: str | None = None,
                    beta: float = 1.0, random_fraction: float = 0.0,
-                   exclude_answers: list[str] | None = None) -> QueueResult:
+                   exclude_answers: list[str] | None = None, stratify_by: list[str] | None = None) -> QueueResult:
     """Rank a catalogue into ``queue_dir`` (skipping galaxies queued there before and, with ``exclude_votes``, those
     with ``min_votes`` votes), write the Zooniverse manifest with one image per galaxy (default directory
     ``QUEUE/manifests/{run_id}``) and, given a project and subject set, upload it (``dry_run`` reports only).
     ``sampling``/``beta`` draw the batch stochastically, ``random_fraction`` of it uniformly, and ``exclude_answers``
-    skip galaxies by the model's answers (e.g. ``["smooth-or-featured-dr5_artifact>=0.5"]``): see
+    skip galaxies by the model's answers (e.g. ``["smooth-or-featured-dr5_artifact>=0.5"]``) and ``stratify_by``
+    shares the batch among the model's predicted answers to those questions (e.g. ``["smooth-or-featured-dr5"]``): see
     :func:`~zoobot_pipeline.active.ranking.rank_catalogue`; by default a power-sampled batch (the label-efficiency
     benchmark's choice), nothing drawn uniformly, nothing excluded by its answers."""
     options = {"acquisition": acquisition, "weights": weights, "exclude_votes": exclude_votes,
                "min_votes": min_votes, "schema": schema_name, "per_tile_quota": per_tile_quota, "seed": seed,
                "sampling": sampling, "beta": beta, "random_fraction": random_fraction,
-               "exclude_answers": exclude_answers or ()}
+               "exclude_answers": exclude_answers or (), "stratify_by": stratify_by or ()}
     run_file = rank_queue(catalogue, queue_dir, top_k, run_key, options)
     queue = pq.read_table(run_file)
     run_id = run_file.stem

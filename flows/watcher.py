@@ -83,10 +83,10 @@ def watch_releases(releases_root: Path, package_dir: Path, outputs_root: Path, t
                    image_format: ImageFormat = "png", project_id: int | None = None,
                    subject_set_id: int | None = None, endpoint: str = DEFAULT_ENDPOINT,
                    dry_run: bool = True, sampling: str | None = None, beta: float = 1.0, random_fraction: float = 0.0,
-                   exclude_answers: list[str] | None = None) -> list[str]:
+                   exclude_answers: list[str] | None = None, stratify_by: list[str] | None = None) -> list[str]:
     """Score each release under ``releases_root`` not yet in the ledger with ``package_dir`` and queue its ``top_k``
     most wanted galaxies (``score_release`` + ``rank_and_queue``, which describes ``sampling``, ``beta``,
-    ``random_fraction`` and ``exclude_answers``); returns the releases this run finished."""
+    ``random_fraction``, ``exclude_answers`` and ``stratify_by``); returns the releases this run finished."""
     logger = get_run_logger()
     ledger = Ledger(outputs_root)
     report: list[dict[str, Any]] = []
@@ -113,7 +113,7 @@ def watch_releases(releases_root: Path, package_dir: Path, outputs_root: Path, t
                                         image_format=image_format, project_id=project_id,
                                         subject_set_id=subject_set_id, endpoint=endpoint, dry_run=dry_run,
                                         sampling=sampling, beta=beta, random_fraction=random_fraction,
-                                        exclude_answers=exclude_answers)
+                                        exclude_answers=exclude_answers, stratify_by=stratify_by)
             except Exception as err:  # one bad release must not stop the others; the run fails at the end
                 logger.error("release %s failed: %r", name, err)
                 report.append({"release": name, "status": "failed", "detail": f"{type(err).__name__}: {err}"})

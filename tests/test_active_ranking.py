@@ -74,6 +74,15 @@ def catalogue_table(ids: list[str], tiles: list[str], seed: int, flagged: set[st
     return pa.table(columns).replace_schema_metadata(meta or META)
 
 
+def write_with_nan(path: Path, column: str, row: int, n: int = 8) -> Path:
+    """A one-file catalogue of ``n`` galaxies ``g0``... whose ``column`` is NaN in ``row``."""
+    table = catalogue_table([f"g{i}" for i in range(n)], ["t"] * n, seed=5)
+    values = table[column].to_numpy(zero_copy_only=False).copy()
+    values[row] = np.nan
+    pq.write_table(table.set_column(table.schema.get_field_index(column), column, pa.array(values)), path)
+    return path
+
+
 def write_catalogue(root: Path, n_files: int = 4, rows: int = 60, seed: int = 0, flagged_every: int = 9,
                     with_mags: bool = False, mi_scales: dict[int, float] | None = None) -> pd.DataFrame:
     """One Parquet file per tile (one nested a folder down) plus files the ranking must ignore; returns every

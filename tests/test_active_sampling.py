@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from cli_checks import error_line
 from scipy import stats
-from test_active_ranking import META, catalogue_table, full_sort, independent_scores, write_catalogue
+from test_active_ranking import META, full_sort, independent_scores, write_catalogue, write_with_nan
 from typer.testing import CliRunner
 
 from zoobot_pipeline.active import acquisition as acq
@@ -256,15 +256,10 @@ def test_answer_filters_exclude_galaxies_by_the_models_answers(tmp_path):
         with pytest.raises(ZoobotPipelineError, match="expected ANSWER OP THRESHOLD"):
             rank_catalogue(tmp_path / "cat", 3, exclude_answers=[bad])
 
-    ids = [f"g{i}" for i in range(8)]
-    table = catalogue_table(ids, ["t"] * 8, seed=5)
     column = "smooth-or-featured-dr5_artifact_fraction"
-    values = table[column].to_numpy(zero_copy_only=False).copy()
-    values[5] = np.nan
-    pq.write_table(table.set_column(table.schema.get_field_index(column), column, pa.array(values)),
-                   tmp_path / "broken.parquet")
+    broken = write_with_nan(tmp_path / "broken.parquet", column, 5)
     with pytest.raises(ZoobotPipelineError, match=rf"broken.parquet: row 5 \(id_str g5\): column '{column}'"):
-        rank_catalogue(tmp_path / "broken.parquet", 3, exclude_answers=["smooth-or-featured-dr5_artifact>0.9"],
+        rank_catalogue(broken, 3, exclude_answers=["smooth-or-featured-dr5_artifact>0.9"],
                        batch_size=3)
 
 

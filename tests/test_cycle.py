@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -68,7 +69,8 @@ def cycles(tmp_path_factory):
     unseen = votes.filter(pc.invert(pc.is_in(votes["id_str"], value_set=pa.array(
         sorted(ids(pq.read_table(labelled)) | ids(first.queue)))))).slice(0, N_NEW)
     week2 = write_parquet_atomic(unseen, root / "incoming" / "votes-week2.parquet")
-    second = cycle(week2, acquisition="power_bald", rank_options={"random_fraction": 0.5})
+    second = cycle(week2, acquisition="power_bald",
+                   rank_options={"random_fraction": 0.5, "stratify_by": ["smooth-or-featured-dr5"]})
     return {"root": root, "release": release, "labelled": labelled, "queue": queue, "weeks": (week1, week2),
             "first": first, "after_first": after_first, "again": again, "after_again": after_again,
             "second": second}
@@ -119,6 +121,11 @@ def test_each_cycle_draws_afresh_with_its_rank_options(cycles):
     assert [s["sampling"] for s in settings] == ["top_k", "power"]
     assert settings[1]["random_fraction"] == 0.5 and settings[1]["random_picks"] == round(0.5 * TOP_K)
     assert second.queue["picked_by"].to_pylist().count("random") == round(0.5 * TOP_K)
+    assert settings[1]["stratify_by"] == ["smooth-or-featured-dr5"] and settings[0]["strata"] == {}
+    strata = settings[1]["strata"]
+    assert sum(s["drawn"] for s in strata.values()) == TOP_K - round(0.5 * TOP_K)
+    assert Counter(second.queue.filter(pc.equal(second.queue["picked_by"], "acquisition"))["stratum"].to_pylist()) \
+        == {name: s["drawn"] for name, s in strata.items() if s["drawn"]}
     # the draws' seed: the cycle's seed plus its votes file's hash, so each week draws afresh
     for week, s in zip(cycles["weeks"], settings, strict=True):
         assert s["seed"] == 3 + int(hashlib.sha256(week.read_bytes()).hexdigest()[:8], 16)
@@ -140,7 +147,8 @@ def test_a_cycle_draws_a_power_batch_unless_told_otherwise(cycles, tmp_path):
 
 def test_bad_rank_options_are_refused_before_anything_runs(cycles, tmp_path):
     for options, message in (({"beta": 0}, "beta must be"), ({"random_fraction": 1.0}, "random fraction"),
-                             ({"temperature": 2}, "unknown rank option")):
+                             ({"temperature": 2}, "unknown rank option"),
+                             ({"stratify_by": ["bars"]}, "tree decals_dr5: cannot stratify by bars")):
         with pytest.raises(ZoobotPipelineError, match=message):
             run_cycle(cycles["release"], cycles["weeks"][0], cycles["labelled"], tmp_path / "work", cycles["queue"],
                       CONFIG, rank_options=options)

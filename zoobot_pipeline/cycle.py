@@ -37,7 +37,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from zoobot_pipeline.active.acquisition import get_acquisition
 from zoobot_pipeline.active.batch_sampling import check_beta, check_random_fraction, resolve_strategy
 from zoobot_pipeline.active.ranking import rank_catalogue
+from zoobot_pipeline.active.strata import resolve_strata
 from zoobot_pipeline.active.votes_merge import MERGED_KEY, merge_votes
+from zoobot_pipeline.catalogue import fraction_column
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig
 from zoobot_pipeline.errors import ZoobotPipelineError
 from zoobot_pipeline.export import export_package
@@ -51,6 +53,7 @@ from zoobot_pipeline.models import (
     read_checkpoint_json,
 )
 from zoobot_pipeline.runtime.package import MODEL_JSON
+from zoobot_pipeline.schemas import get_schema
 from zoobot_pipeline.scoring.pipeline import ScoringResult, score_release
 
 __all__ = [
@@ -60,9 +63,9 @@ __all__ = [
 
 LOCK_FILE = ".cycle.lock"
 MIN_VOTES = 1
-RANK_OPTIONS = ("sampling", "beta", "random_fraction", "exclude_answers")
-"""The :func:`~zoobot_pipeline.active.ranking.rank_catalogue` options a cycle passes through (``rank_options``)."""
 """A galaxy with this many votes (on the tree's first question) in the labelled set is never queued."""
+RANK_OPTIONS = ("sampling", "beta", "random_fraction", "exclude_answers", "stratify_by")
+"""The :func:`~zoobot_pipeline.active.ranking.rank_catalogue` options a cycle passes through (``rank_options``)."""
 
 
 class RoundConfig(BaseModel):
@@ -186,8 +189,8 @@ class Cycle:
     queue's draws (random acquisition, stochastic sampling, the random fraction) are seeded by ``seed`` and the
     cycle's votes file (:attr:`draw_seed`), so every cycle draws afresh and a rerun of a cycle draws the same.
     ``rank_options`` are :func:`~zoobot_pipeline.active.ranking.rank_catalogue`'s ``sampling``, ``beta``,
-    ``random_fraction`` and ``exclude_answers``. Every step method is idempotent; call them in order, holding
-    :meth:`lock`.
+    ``random_fraction``, ``exclude_answers`` and ``stratify_by``. Every step method is idempotent; call them in
+    order, holding :meth:`lock`.
     """
 
     release_dir: Path
@@ -224,8 +227,12 @@ class Cycle:
         get_acquisition(acquisition)
         check_beta(options.get("beta", 1.0))
         check_random_fraction(options.get("random_fraction", 0.0))
+        config = config or RoundConfig()
+        tree = get_schema(config.schema_name)
+        resolve_strata(options.get("stratify_by", ()), [fraction_column(c) for c in tree.label_cols], tree,
+                       f"tree {tree.name}")
         return cls(Path(release_dir), new_votes, Path(labelled_votes), Path(work_dir), Path(queue_dir),
-                   file_sha256(new_votes), config or RoundConfig(), top_k, acquisition, seed, resources or Resources(),
+                   file_sha256(new_votes), config, top_k, acquisition, seed, resources or Resources(),
                    options)
 
     @property

@@ -129,13 +129,14 @@ def perturbed_keys(scores: np.ndarray, ids: Sequence[str], sampling: str, beta: 
     return -np.log(np.asarray(ranks, dtype=np.float64)) + noise
 
 
-def mix_order(from_random: np.ndarray) -> np.ndarray:
-    """The queue order of picks from two parts, each already in its own order (``from_random``: whether a pick is
-    from the random part): the parts are interleaved evenly, pick ``i`` of a part of ``n`` at ``(i + 0.5) / n``, so
-    every prefix of the queue holds about the random fraction. Returns indices into ``from_random``."""
-    from_random = np.asarray(from_random, dtype=bool)
-    position = np.empty(len(from_random), dtype=np.float64)
-    for part in (False, True):
-        members = np.flatnonzero(from_random == part)
-        position[members] = (np.arange(len(members)) + 0.5) / max(len(members), 1)
-    return np.lexsort((from_random, position))
+def mix_order(parts: np.ndarray) -> np.ndarray:
+    """The queue order of picks from several parts (``parts``: each pick's part label, e.g. whether it is from the
+    random part), each part already in its own order: the parts are interleaved evenly, pick ``i`` of a part of ``n``
+    at ``(i + 0.5) / n`` (ties: the lower label first), so every prefix of the queue holds about each part's share.
+    Returns indices into ``parts``."""
+    parts = np.asarray(parts)
+    position = np.empty(len(parts), dtype=np.float64)
+    for part in np.unique(parts):
+        members = np.flatnonzero(parts == part)
+        position[members] = (np.arange(len(members)) + 0.5) / len(members)
+    return np.lexsort((parts, position))

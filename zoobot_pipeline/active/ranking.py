@@ -76,6 +76,7 @@ from zoobot_pipeline._version import __version__
 from zoobot_pipeline.active import acquisition as acq
 from zoobot_pipeline.active import batch_sampling as bs
 from zoobot_pipeline.active.exclusions import AnswerFilter, filter_columns, parse_answer_filters
+from zoobot_pipeline.active.strata import Strata, allocate, resolve_strata
 from zoobot_pipeline.catalogue import FLAG, catalogue_files
 from zoobot_pipeline.data.votes import read_votes
 from zoobot_pipeline.errors import ZoobotPipelineError
@@ -84,7 +85,7 @@ from zoobot_pipeline.schemas import Schema, get_schema
 
 __all__ = [
     "KEYS_DIR", "LOCK_FILE", "QUEUE_FILE", "QUEUE_SCHEMA", "RANK_METADATA_KEY", "RUNS_DIR", "SOURCES_DIGESTS",
-    "labelled_ids", "queued_ids", "rank_catalogue", "rank_settings", "run_file", "run_id_of",
+    "STRATUM_COLUMN", "labelled_ids", "queued_ids", "rank_catalogue", "rank_settings", "run_file", "run_id_of",
 ]
 
 QUEUE_FILE = "queue.parquet"
@@ -98,6 +99,7 @@ _METADATA_KEYS = ("model_sha256", "schema", "release")
 SOURCES_DIGESTS = "sources_digests"  # rank settings key: tile id -> digest of the tile's source ids (from scoring)
 ACQUISITION_PART = "acquisition"  # picked_by: drawn by the acquisition function (and sampling mode)
 RANDOM_PART = "random"  # picked_by: drawn uniformly at random (the random fraction)
+STRATUM_COLUMN = "stratum"  # queue column of a stratified run: the galaxy's stratum (strata.Strata.name)
 _TMP_PREFIX = ".tmp-"  # temporary files of io.atomic_path
 
 QUEUE_SCHEMA = pa.schema([
@@ -270,6 +272,10 @@ class _Scan:
     random_best: _Best | None = None
     collected: list[np.ndarray] | None = None
     population: np.ndarray | None = None
+    strata: Strata | None = None
+    stratum_best: dict[int, _Best] = field(default_factory=dict)
+    stratum_eligible: Counter[int] = field(default_factory=Counter)
+    stratum_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     digests: dict[str, str] = field(default_factory=dict)
     rows: int = 0
     flagged: int = 0
@@ -332,9 +338,28 @@ class _Scan:
             offered["group"] = _magnitude_groups(magnitude, self.edges)
         elif self.tile_groups:
             offered["group"] = offered["tile_id"]
-        self.best.offer(offered)
+        if self.strata is None:
+            self.best.offer(offered)
+        else:
+            self._offer_by_stratum(offered, kept, path, offset, rows)
         if self.random_best is not None:
             self.random_best.offer({**offered, "key": acq.random(id_str, self.seed)})
+
+    def _offer_by_stratum(self, offered: dict[str, np.ndarray], kept: pa.RecordBatch, path: Path, offset: int,
+                          rows: np.ndarray) -> None:
+        """Offer each row to its stratum's best, counting the eligible rows per stratum."""
+        assert self.strata is not None
+        codes = self.strata.codes(kept)
+        if np.any(codes < 0):
+            for column in self.strata.all_columns:
+                values = kept.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
+                _check_answer_values(kept, values, column, path, offset, rows)
+        offered["stratum"] = codes
+        for code in np.unique(codes).tolist():
+            members = codes == code
+            self.stratum_eligible[code] += int(members.sum())
+            best = self.stratum_best.setdefault(code, _Best(self.best.k, None))
+            best.offer({name: values[members] for name, values in offered.items()})
 
 
 def _picks(scan: _Scan, top_k: int, quota: int | None) -> dict[str, np.ndarray] | None:
@@ -342,6 +367,8 @@ def _picks(scan: _Scan, top_k: int, quota: int | None) -> dict[str, np.ndarray] 
     count, with the quota), then the acquisition's best fill the rest, skipping galaxies the random part took and
     groups it filled (as a walk down the acquisition's ranking would), and the two parts are interleaved
     (:func:`~zoobot_pipeline.active.batch_sampling.mix_order`)."""
+    if scan.strata is not None:
+        return _stratified_picks(scan, top_k)
     best = scan.best.rows
     chosen = scan.random_best.rows if scan.random_best is not None else None
     if chosen is None or not len(chosen["key"]):
@@ -367,6 +394,32 @@ def _picks(scan: _Scan, top_k: int, quota: int | None) -> dict[str, np.ndarray] 
     return {name: values[order] for name, values in rows.items()}
 
 
+def _stratified_picks(scan: _Scan, top_k: int) -> dict[str, np.ndarray] | None:
+    """The queue's rows of a stratified run (:mod:`~zoobot_pipeline.active.strata`): the random part's picks, then
+    each stratum's best (skipping what the random part took) in numbers proportional to its eligible galaxies; all
+    parts interleaved. Records each stratum's eligible and drawn counts in ``scan.stratum_counts``."""
+    chosen = scan.random_best.rows if scan.random_best is not None else None
+    taken = set() if chosen is None else set(chosen["id_str"].tolist())
+    codes = sorted(scan.stratum_best)
+    best = {code: scan.stratum_best[code].rows or {} for code in codes}
+    available = {code: np.flatnonzero([i not in taken for i in best[code]["id_str"].tolist()]) for code in codes}
+    drawn = allocate(np.array([scan.stratum_eligible[c] for c in codes]),
+                     np.array([len(available[c]) for c in codes]), top_k - len(taken))
+    assert scan.strata is not None
+    scan.stratum_counts = {scan.strata.name(c): {"eligible": scan.stratum_eligible[c], "drawn": int(n)}
+                           for c, n in zip(codes, drawn, strict=True)}
+    parts = [{**{name: values[available[c][:n]] for name, values in best[c].items()}, "part": np.full(n, i)}
+             for i, (c, n) in enumerate(zip(codes, drawn, strict=True)) if n]
+    if chosen is not None and len(chosen["key"]):
+        parts.append({**chosen, "part": np.full(len(chosen["key"]), len(codes))})
+    if not parts:
+        return None
+    rows = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+    order = bs.mix_order(rows["part"])
+    rows["from_random"] = rows.pop("part") == len(codes)
+    return {name: values[order] for name, values in rows.items()}
+
+
 def rank_catalogue(
     catalogue: str | Path,
     top_k: int,
@@ -389,6 +442,7 @@ def rank_catalogue(
     beta: float = 1.0,
     random_fraction: float = 0.0,
     exclude_answers: Sequence[str | AnswerFilter] = (),
+    stratify_by: Sequence[str] = (),
 ) -> pa.Table:
     """Rank ``catalogue`` by ``acquisition`` and return the ``top_k`` most wanted galaxies (:data:`QUEUE_SCHEMA`).
 
@@ -397,8 +451,10 @@ def rank_catalogue(
     ``power``, ``softmax``, ``softrank``; default ``power``) and ``beta`` choose how the batch is drawn from the
     scores (:mod:`~zoobot_pipeline.active.batch_sampling`); ``round(random_fraction * top_k)`` galaxies are drawn
     uniformly from the eligible ones instead; ``exclude_answers`` (``'smooth-or-featured-dr5_artifact>=0.5'``) skip
-    galaxies by the model's answers (:mod:`~zoobot_pipeline.active.exclusions`). Every draw is seeded by ``seed`` and
-    each galaxy's ``id_str``.
+    galaxies by the model's answers (:mod:`~zoobot_pipeline.active.exclusions`); ``stratify_by`` (question names, or
+    ``class``) shares the acquisition's picks among the model's predicted answers to those questions in proportion
+    to their eligible galaxies (:mod:`~zoobot_pipeline.active.strata`). Every draw is seeded by ``seed`` and each
+    galaxy's ``id_str``.
     ``schema`` (name or :class:`Schema`) reads ``exclude_votes``; by default the catalogue's ``schema`` metadata.
     With ``queue_dir`` the galaxies already queued there are skipped and the result is written there as a new run,
     created at ``created`` (default: when ranking ends). ``run_key`` (with ``queue_dir``) makes the run happen once:
@@ -406,6 +462,8 @@ def rank_catalogue(
     and skipped is in the table's schema metadata (:func:`rank_settings`).
     """
     quota, edges = _check_options(top_k, batch_size, per_tile_quota, magnitude_bins, per_bin_quota)
+    if stratify_by and quota is not None:
+        raise ZoobotPipelineError("use quotas (per tile or magnitude bin) or strata, not both")
     acquisition, sampling = bs.resolve_strategy(acquisition, sampling)
     beta = bs.check_beta(beta)
     n_random = bs.random_count(top_k, random_fraction)
@@ -422,7 +480,13 @@ def rank_catalogue(
     score_columns = acq.required_columns(acquisition, questions)
     acq.resolve_weights(questions, weights)
     answer_columns = filter_columns(answer_filters, first_schema, str(files[0]))
-    columns = list(dict.fromkeys([*_BASE_COLUMNS, *score_columns, *answer_columns]))
+    strata = None
+    if stratify_by:
+        tree = schema if schema is not None else meta.get("schema")
+        strata = resolve_strata(stratify_by, first_schema.names, get_schema(tree) if isinstance(tree, str) else tree,
+                                str(files[0]))
+    columns = list(dict.fromkeys([*_BASE_COLUMNS, *score_columns, *answer_columns,
+                                  *([] if strata is None else strata.all_columns)]))
     if edges is not None:
         columns.append(magnitude_column)
     excluded_labelled = pa.array([], pa.string())
@@ -448,7 +512,7 @@ def rank_catalogue(
         def scan_catalogue(**kwargs: Any) -> _Scan:
             scan = _Scan(_Best(top_k, quota), acquisition, questions, weights, seed, score_columns,
                          excluded_labelled, excluded_queued, edges, magnitude_column, per_tile_quota is not None,
-                         sampling, beta, answer_filters, answer_columns, **kwargs)
+                         sampling, beta, answer_filters, answer_columns, strata=strata, **kwargs)
             for path in files:
                 _scan_file(scan, path, columns, batch_size, meta, files[0])
             return scan
@@ -463,7 +527,7 @@ def rank_catalogue(
         run_id = run_id_of(created)
         picks = _picks(scan, top_k, quota)
         table = _queue_table(picks, questions, acquisition, meta, created, run_id,
-                             magnitude_column if edges is not None else None)
+                             magnitude_column if edges is not None else None, strata)
         if pc.count_distinct(table.column("id_str")).as_py() != table.num_rows:
             twice = sorted(i for i, n in Counter(table.column("id_str").to_pylist()).items() if n > 1)
             raise ZoobotPipelineError(f"{catalogue}: id_str {', '.join(twice[:5])} appear(s) in more than one "
@@ -477,6 +541,7 @@ def rank_catalogue(
             "sampling": sampling, "beta": beta, "random_fraction": float(random_fraction),
             "random_picks": int(table.column("picked_by").to_pylist().count(RANDOM_PART)),
             "exclude_answers": [str(f) for f in answer_filters],
+            "stratify_by": [] if strata is None else list(strata.questions), "strata": scan.stratum_counts,
             "rows_read": scan.rows, "skipped_flagged": scan.flagged, "skipped_labelled": scan.labelled,
             "skipped_queued": scan.queued, "skipped_answers": scan.answered, "code_version": __version__, **meta,
         }
@@ -569,7 +634,7 @@ def _earlier_run(queue_dir: Path, path: Path) -> pa.Table:
 
 
 def _queue_table(rows: dict[str, np.ndarray] | None, questions: list[str], acquisition: str, meta: dict[str, str],
-                 created: datetime, run_id: str, magnitude_column: str | None) -> pa.Table:
+                 created: datetime, run_id: str, magnitude_column: str | None, strata: Strata | None) -> pa.Table:
     n = 0 if rows is None else len(rows["score"])
     picked_by = [RANDOM_PART if r else ACQUISITION_PART for r in ([] if rows is None else rows["from_random"])]
 
@@ -597,6 +662,10 @@ def _queue_table(rows: dict[str, np.ndarray] | None, questions: list[str], acqui
     if magnitude_column is not None:
         data[magnitude_column] = pa.array(column("magnitude"), pa.float64())
         schema = schema.append(pa.field(magnitude_column, pa.float64(), metadata={"unit": "mag"}))
+    if strata is not None:
+        data[STRATUM_COLUMN] = pa.array([strata.name(c) for c in column("stratum")], pa.string())
+        schema = schema.append(pa.field(STRATUM_COLUMN, pa.string(), metadata={
+            "description": "the model's predicted answers the galaxy was stratified by"}))
     return pa.table(data, schema=schema)
 
 

@@ -72,6 +72,10 @@ def rank(
              "probability of the class) passes, e.g. smooth-or-featured-dr5_artifact>=0.5 (repeatable).")] = None,
     weight: Annotated[list[str] | None, typer.Option(help="QUESTION=W: weight a question's term (repeatable).")]
     = None,
+    stratify_by: Annotated[list[str] | None, typer.Option(
+        help="QUESTION (a classifier: class): share the acquisition's picks among the model's predicted answers in "
+             "proportion to their eligible galaxies, e.g. smooth-or-featured-dr5 (repeatable: combinations).")]
+    = None,
     exclude: Annotated[Path | None, typer.Option(help="Votes catalogue: skip galaxies that already have votes.")]
     = None,
     min_votes: Annotated[int, typer.Option(help="With --exclude: skip galaxies with this many votes or more on "
@@ -97,7 +101,8 @@ def rank(
                            per_tile_quota=per_tile_quota, magnitude_bins=_magnitude_edges(magnitude_bins),
                            per_bin_quota=per_bin_quota, magnitude_column=magnitude_column, seed=seed,
                            batch_size=batch_size, sampling=None if sampling is None else sampling.value, beta=beta,
-                           random_fraction=random_fraction, exclude_answers=exclude_answer or ())
+                           random_fraction=random_fraction, exclude_answers=exclude_answer or (),
+                           stratify_by=stratify_by or ())
     info = rank_settings(table)
     shown = Table("rank", "id_str", "tile_id", "acquisition", "top question", "picked by", title=f"{out / QUEUE_FILE}")
     for row in table.slice(0, 10).to_pylist():
@@ -109,6 +114,8 @@ def rank(
                   f"{info['acquisition']}, {drawn}; {info['random_picks']} drawn at random); skipped "
                   f"{info['skipped_flagged']} flagged, {info['skipped_labelled']} labelled, "
                   f"{info['skipped_queued']} already queued, {info['skipped_answers']} by their answers")
+    for stratum, counts in info.get("strata", {}).items():
+        console.print(f"  {stratum}: {counts['drawn']} drawn of {counts['eligible']} eligible")
 
 
 @queue_app.command("manifest")
