@@ -19,11 +19,15 @@ already queued in ``queue_dir``, and galaxies an answer filter excludes (``exclu
 :mod:`~zoobot_pipeline.active.exclusions`). A scored row with a null or NaN value in a column the acquisition
 function or an answer filter reads is an error naming the file, row and column.
 
-Quotas (per tile, or per magnitude bin; one kind at a time) cap how many galaxies one group contributes: the result is
-exactly that of walking the full ranking (by the sampling key; the random part's picks first) and skipping galaxies
-whose group is already full. Magnitude bins are
-``np.digitize`` groups of ``magnitude_column`` over the given edges (brighter than the first edge and fainter than the
-last are groups too, and so is a missing magnitude).
+Strata (``stratify_by``: :mod:`~zoobot_pipeline.active.strata`) share the acquisition's picks among the model's
+predicted answers in proportion to their eligible galaxies, keeping one best-so-far per stratum; the queue's
+``stratum`` column names each galaxy's stratum.
+
+Quotas (per tile, or per magnitude bin; one kind at a time, not with strata) cap how many galaxies one group
+contributes: the result is exactly that of walking the full ranking (by the sampling key; the random part's picks
+first) and skipping galaxies whose group is already full. Magnitude bins are ``np.digitize`` groups of
+``magnitude_column`` over the given edges (brighter than the first edge and fainter than the last are groups too,
+and so is a missing magnitude).
 
 Queue directory::
 
@@ -400,8 +404,8 @@ def _stratified_picks(scan: _Scan, top_k: int) -> dict[str, np.ndarray] | None:
     parts interleaved. Records each stratum's eligible and drawn counts in ``scan.stratum_counts``."""
     chosen = scan.random_best.rows if scan.random_best is not None else None
     taken = set() if chosen is None else set(chosen["id_str"].tolist())
-    codes = sorted(scan.stratum_best)
-    best = {code: scan.stratum_best[code].rows or {} for code in codes}
+    best = {code: rows for code, stratum in sorted(scan.stratum_best.items()) if (rows := stratum.rows) is not None}
+    codes = list(best)
     available = {code: np.flatnonzero([i not in taken for i in best[code]["id_str"].tolist()]) for code in codes}
     drawn = allocate(np.array([scan.stratum_eligible[c] for c in codes]),
                      np.array([len(available[c]) for c in codes]), top_k - len(taken))
