@@ -16,7 +16,7 @@ with an int8 variant (fp16 too on a GPU device) calibrated on the release, then 
   ``--prep-workers`` preparing threads (and, for comparison, fp32 with every stage in one thread), with the
   per-stage timeline of the fp32 run (prepare, model and columns, and how much of them overlapped);
 - with ``--cli``: the same fp32 job through ``zoobot-pipeline score`` in a fresh process (wall clock, start-up
-  included), against the library's end-to-end rate;
+  included), ``--passes`` times, each back to back with the library's fp32 run (the ratio their pairs' median);
 - with ``--ray``: the fp32 job on Ray Data on this machine, with Ray started beforehand and by the run;
 and prints the ratios: S=5/S=1 cost, end-to-end/model-only, int8/fp32, onnxruntime/torch and CLI/library, with the
 variants' accuracy against fp32 from ``model.json``.
@@ -308,16 +308,19 @@ def _measure(architecture: str, release: Path, tmp: Path, args: argparse.Namespa
         timelines.append(Timeline())
         return end_to_end("fp32", workers, timelines[-1])
 
-    pairs = _interleaved_pairs({"fp32": (lambda: model_only("fp32"), end_to_end_fp32),
-                                "int8": (lambda: model_only("int8"), lambda: end_to_end("int8", workers))},
-                               args.passes)
+    runs = {"fp32": (lambda: model_only("fp32"), end_to_end_fp32),
+            "int8": (lambda: model_only("int8"), lambda: end_to_end("int8", workers))}
+    if args.cli:  # the library's fp32 run against the CLI's, back to back like the others
+        runs["cli"] = (lambda: end_to_end("fp32", workers),
+                       lambda: n / _cli_seconds(release, package_dir, tmp / "catalogue-cli", args))
+    pairs = _interleaved_pairs(runs, args.passes)
+    cli_pairs = pairs.pop("cli", None)
     timeline = timelines[-1]
     for variant, (_, e2e_rates) in pairs.items():
         rates[f"end to end {variant} S={args.samples}"] = float(np.median(e2e_rates))
     rates[f"end to end fp32, {other} prep threads S={args.samples}"] = end_to_end("fp32", other)
-    if args.cli:
-        rates[f"CLI end to end fp32 S={args.samples}"] = n / _cli_seconds(release, package_dir, tmp / "catalogue-cli",
-                                                                         args)
+    if cli_pairs is not None:
+        rates[f"CLI end to end fp32 S={args.samples}"] = float(np.median(cli_pairs[1]))
     if args.ray:
         rates.update(_ray_rates(release, package_dir, tmp, args, n))
 
@@ -337,9 +340,11 @@ def _measure(architecture: str, release: Path, tmp: Path, args: argparse.Namespa
     print(f"  end to end, {other} prep threads / model-only (fp32): {alternative:.3f}")
     print(f"  int8 / fp32 (model-only):             {rates[f'onnx int8 S={s}'] / rates[f'onnx fp32 S={s}']:.3f}")
     print(f"  onnx fp32 / torch eager:              {rates[f'onnx fp32 S={s}'] / rates[f'torch eager S={s}']:.3f}")
-    if args.cli:
-        cli = rates[f"CLI end to end fp32 S={s}"] / rates[f"end to end fp32 S={s}"]
-        print(f"  CLI / library end to end (fp32):      {cli:.3f}")
+    if cli_pairs is not None:
+        ratios = np.array(cli_pairs[1]) / np.array(cli_pairs[0])
+        print(f"  CLI / library end to end (fp32):      {np.median(ratios):.3f}  (median of {len(ratios)} interleaved "
+              f"pairs: {', '.join(f'{r:.3f}' for r in ratios)}; library "
+              f"{', '.join(f'{r:.1f}' for r in cli_pairs[0])}/s)")
     if args.ray:
         for when in ("excluded", "included"):
             ray_ratio = rates[f"Ray Data fp32, start-up {when}"] / rates[f"end to end fp32 S={s}"]

@@ -4,17 +4,21 @@ shows the stages overlapping."""
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from test_scoring_support import make_package, make_release
 
 from zoobot_pipeline.data.release import Release
 from zoobot_pipeline.export import ModelPackage
-from zoobot_pipeline.scoring import local
-from zoobot_pipeline.scoring.chunks import ChunkConfig, ChunkScorer, TileJob, open_tile, prepare_chunk
+from zoobot_pipeline.scoring import chunks, local
+from zoobot_pipeline.scoring.chunks import ChunkConfig, ChunkScorer, KernelThreads, TileJob, open_tile, prepare_chunk
 from zoobot_pipeline.scoring.local import Timeline, prepared_chunks, scored_chunks
+from zoobot_pipeline.scoring.pipeline import default_prep_workers, kernel_threads
 
 CHUNK = 8
 
@@ -39,12 +43,12 @@ def _serial(jobs: list[TileJob], scorer: ChunkScorer, config: ChunkConfig) -> li
     return rows
 
 
-@pytest.mark.parametrize("workers", [0, 1, 3])
-def test_threads_give_the_serial_rows_in_order(setup, workers):
+@pytest.mark.parametrize(("workers", "kernel_threads"), [(0, 1), (0, 3), (1, 1), (3, 1)])
+def test_threads_give_the_serial_rows_in_order(setup, workers, kernel_threads):
     jobs, scorer, config = setup
     expected = _serial(jobs, scorer, config)
     timeline = Timeline()
-    got = list(scored_chunks(jobs, scorer, config, CHUNK, workers, timeline))
+    got = list(scored_chunks(jobs, scorer, config, CHUNK, workers, timeline, kernel_threads))
     assert [(c.tile_id, c.index) for c in got] == [(t, i) for t, i, _ in expected]
     assert all(c.n_chunks == jobs[0].n_chunks(CHUNK) for c in got if c.tile_id == jobs[0].tile_id)
     for chunk, (_, _, table) in zip(got, expected, strict=True):
@@ -59,6 +63,34 @@ def test_threads_give_the_serial_rows_in_order(setup, workers):
         assert all(t.startswith("columns") for t in threads["columns"])
     else:
         assert len({t for ts in threads.values() for t in ts}) == 1
+
+
+def test_kernel_threads_share_each_batch_and_give_the_same_images(setup, monkeypatch):
+    jobs, _, config = setup
+    job = jobs[0]
+    tile, error = open_tile(job.tile_id, job.path, config.bands)
+    sources = job.chunk(0, 20)
+    alone = prepare_chunk(tile, error, sources, config)
+    calls = []
+    original = chunks.preprocess_windows
+
+    def recording(data, offsets, *args, **kwargs):
+        calls.append((threading.current_thread().name, len(offsets)))
+        return original(data, offsets, *args, **kwargs)
+
+    monkeypatch.setattr(chunks, "preprocess_windows", recording)
+    with KernelThreads(3) as kernels:
+        shared = prepare_chunk(tile, error, sources, config, kernels)
+    tile.close()
+    assert shared.rows.equals(alone.rows)
+    n = len(alone.images)
+    assert len(shared.images) == n > 10
+    np.testing.assert_array_equal(np.stack(shared.images), np.stack(alone.images))
+    parts = [size for _, size in calls]
+    assert len(parts) == 3 and sum(parts) == n and max(parts) - min(parts) <= 1, "one batch split in three parts"
+    assert len({name for name, _ in calls}) == 3, "each part on its own thread"
+    with pytest.raises(ValueError, match="kernel threads must be >= 1"):
+        KernelThreads(0)
 
 
 def test_prepare_runs_ahead_of_the_model_and_tiles_are_closed(setup, monkeypatch):
@@ -87,3 +119,11 @@ def test_bad_worker_count_is_refused(setup):
     jobs, _, config = setup
     with pytest.raises(ValueError, match="prep workers must be between 0 and"):
         list(prepared_chunks(jobs, config, CHUNK, -1))
+
+
+def test_threads_by_default_use_every_core_in_turn():
+    assert default_prep_workers("cpu") == 0, "on a CPU the stages take turns"
+    assert default_prep_workers("cuda", cores=40) == 16 and default_prep_workers("cuda", cores=3) == 1
+    assert kernel_threads(None, 0) == len(os.sched_getaffinity(0)), "taking turns, preprocessing gets every core"
+    assert kernel_threads(3, 0) == 3, "as many as the model's threads when they are set"
+    assert kernel_threads(None, 4) == 1, "preparing threads each prepare alone"

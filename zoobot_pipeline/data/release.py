@@ -45,12 +45,11 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs import WCS
@@ -60,6 +59,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from zoobot_pipeline._safe_load import load_json_object
 from zoobot_pipeline.errors import ReleaseError, ZoobotPipelineError
 from zoobot_pipeline.io import path_inside, read_table
+
+if TYPE_CHECKING:
+    import pyarrow.dataset as ds
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -185,11 +187,15 @@ def _check_sources(table: pa.Table, path: Path) -> None:
 
 def _partitioning(hive_keys: Sequence[str]) -> ds.Partitioning | None:
     """Hive partitioning with every key read as text (``tile_id=007`` stays ``'007'``), or None for plain files."""
+    import pyarrow.dataset as ds  # ~0.25 s (it imports pandas): only partitioned catalogues need it
+
     return ds.partitioning(pa.schema([(key, pa.string()) for key in hive_keys]), flavor="hive") if hive_keys else None
 
 
 def _part_dataset(root: str, file: str, hive_keys: Sequence[str]) -> ds.Dataset:
     """One Parquet file of the source catalogue as a dataset, its hive keys as columns (reads the footer only)."""
+    import pyarrow.dataset as ds
+
     try:
         return ds.dataset([file], format="parquet", partitioning=_partitioning(hive_keys),
                           partition_base_dir=root if hive_keys else None)

@@ -9,7 +9,8 @@ the chunk's scored galaxies and their order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,15 +19,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from zoobot_pipeline.catalogue import BASE_FIELDS, FLAG_FIELDS, catalogue_schema
-from zoobot_pipeline.data.cutouts import MAX_NAN_FRACTION, cut_batch
+from zoobot_pipeline.data.cutouts import MAX_NAN_FRACTION, CutoutBatch, cut_batch
 from zoobot_pipeline.data.preprocessing import PreprocessingConfig, preprocess_windows
 from zoobot_pipeline.data.release import ReleaseError, Tile, TileRows
 from zoobot_pipeline.runtime.package import ModelPackage
 from zoobot_pipeline.runtime.session import PackageSession, galaxy_seeds
 from zoobot_pipeline.scoring.columns import OutputColumns
 
-__all__ = ["ChunkConfig", "ChunkScorer", "ModelOutputs", "PreparedChunk", "ScoredChunk", "TileJob", "failure_reason",
-           "open_tile", "prepare_chunk"]
+__all__ = ["ChunkConfig", "ChunkScorer", "KernelThreads", "ModelOutputs", "PreparedChunk", "ScoredChunk", "TileJob",
+           "failure_reason", "open_tile", "prepare_chunk"]
 
 _ROW_FIELDS = [*BASE_FIELDS, *FLAG_FIELDS]
 CUT_BATCH = 32
@@ -91,6 +92,41 @@ class PreparedChunk:
     tile_error: str | None = None
 
 
+class KernelThreads:
+    """``count`` threads (the caller's and ``count - 1`` more) that share one compiled call over a batch of windows,
+    each a contiguous part: the kernels release the GIL, so when nothing else runs beside the preparing thread (the
+    in-process path on a CPU, where the stages take turns) preparing uses every core, as the model does."""
+
+    def __init__(self, count: int) -> None:
+        if count < 1:
+            raise ValueError(f"kernel threads must be >= 1, got {count}")
+        self.count = count
+        self._pool = ThreadPoolExecutor(count - 1, thread_name_prefix="kernel") if count > 1 else None
+
+    def run(self, n: int, work: Callable[[int, int], object]) -> None:
+        """``work(start, stop)`` over ``range(n)`` in up to ``count`` contiguous parts at once; the caller runs the
+        first."""
+        bounds = np.linspace(0, n, min(self.count, max(n, 1)) + 1).astype(int)
+        futures = [] if self._pool is None else [self._pool.submit(work, int(a), int(b))
+                                                 for a, b in zip(bounds[1:-1], bounds[2:], strict=True)]
+        try:
+            work(int(bounds[0]), int(bounds[1]))
+        finally:
+            for future in futures:
+                future.result()
+
+    def close(self) -> None:
+        """Stop the extra threads."""
+        if self._pool is not None:
+            self._pool.shutdown()
+
+    def __enter__(self) -> KernelThreads:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def failure_reason(err: BaseException) -> str:
     """One line for a flag or the failures table: the message of a release error (it names the file), else the
     exception type and message."""
@@ -107,12 +143,30 @@ def open_tile(tile_id: str, path: str | Path, bands: Sequence[str]) -> tuple[Til
         return None, failure_reason(err)
 
 
-def prepare_chunk(tile: Tile | None, tile_error: str | None, sources: pa.Table, config: ChunkConfig) -> PreparedChunk:
+def _preprocess(batch: CutoutBatch, keep: np.ndarray, config: ChunkConfig, kernels: KernelThreads | None
+                ) -> np.ndarray:
+    """The preprocessed images of windows ``keep`` of ``batch``, ``(len(keep), C, S, S)``, split over ``kernels``."""
+    p = config.preprocessing
+    if kernels is None or kernels.count == 1:
+        return preprocess_windows(batch.data, batch.offsets[keep], batch.sizes[keep], batch.n_bands, p, config.bands)
+    block = np.empty((len(keep), p.n_channels, p.input_size, p.input_size), np.float32)
+
+    def part(start: int, stop: int) -> None:
+        preprocess_windows(batch.data, batch.offsets[keep[start:stop]], batch.sizes[keep[start:stop]], batch.n_bands,
+                           p, config.bands, out=block[start:stop])
+
+    kernels.run(len(keep), part)
+    return block
+
+
+def prepare_chunk(tile: Tile | None, tile_error: str | None, sources: pa.Table, config: ChunkConfig,
+                  kernels: KernelThreads | None = None) -> PreparedChunk:
     """Cut and preprocess ``sources`` (``id_str``, ``ra``, ``dec``, ``tile_id``, optional size column) from ``tile``;
     flag what cannot be scored. With ``tile_error`` (or a failure while cutting) every row is ``tile_failed``.
 
     Cutouts are cut and preprocessed :data:`CUT_BATCH` at a time, each batch in a few compiled calls that release the
-    GIL (so preparing threads scale), and at most that many raw cutouts are held at once.
+    GIL (so preparing threads scale; ``kernels`` share each batch's preprocessing), and at most that many raw cutouts
+    are held at once. The images are the same whatever the threads.
     """
     n = sources.num_rows
     edge: list[bool | None] = [None] * n
@@ -134,8 +188,7 @@ def prepare_chunk(tile: Tile | None, tile_error: str | None, sources: pa.Table, 
                                 else f"nan_fraction {batch.nan_fraction[g]:.2f} >= {MAX_NAN_FRACTION}")
         keep = np.flatnonzero(~batch.rejected)
         try:
-            block = preprocess_windows(batch.data, batch.offsets[keep], batch.sizes[keep], batch.n_bands, p,
-                                       config.bands)
+            block = _preprocess(batch, keep, config, kernels)
         except ValueError as err:
             reason = f"preprocessing_failed: {failure_reason(err)}"
             for g in keep:

@@ -9,7 +9,8 @@
 At most ``workers + 1`` prepared chunks wait, and one chunk's outputs, so memory stays bounded whatever the size of
 the release. Each prepare worker keeps the tile it last read open (memory-mapped, with its own WCS objects: astropy's
 WCS is not shared between threads) and all are closed at the end. With ``workers=0`` every stage runs in the calling
-thread, one chunk after another. A :class:`Timeline` records when each stage ran (``benchmarks/scoring_throughput.py``
+thread, one chunk after another, and each chunk's preprocessing is shared by ``kernel_threads`` threads (the
+model's cores are idle meanwhile). A :class:`Timeline` records when each stage ran (``benchmarks/scoring_throughput.py``
 prints it).
 """
 
@@ -28,6 +29,7 @@ from zoobot_pipeline.data.release import Tile
 from zoobot_pipeline.scoring.chunks import (
     ChunkConfig,
     ChunkScorer,
+    KernelThreads,
     ModelOutputs,
     PreparedChunk,
     ScoredChunk,
@@ -108,21 +110,23 @@ class _TileCache:
 
 
 def _prepare(cache: _TileCache, job: TileJob, index: int, config: ChunkConfig, chunk_size: int,
-             timeline: Timeline | None) -> PreparedChunk:
+             timeline: Timeline | None, kernels: KernelThreads | None = None) -> PreparedChunk:
     start = time.perf_counter()
     tile, error = cache.get(job)
-    prepared = prepare_chunk(tile, error, job.chunk(index, chunk_size), config)
+    prepared = prepare_chunk(tile, error, job.chunk(index, chunk_size), config, kernels)
     if timeline is not None:
         timeline.add("prepare", start, len(prepared.images))
     return prepared
 
 
 def prepared_chunks(jobs: Iterable[TileJob], config: ChunkConfig, chunk_size: int, workers: int = 1,
-                    timeline: Timeline | None = None) -> Iterator[tuple[TileJob, int, int, PreparedChunk]]:
+                    timeline: Timeline | None = None, kernel_threads: int = 1,
+                    ) -> Iterator[tuple[TileJob, int, int, PreparedChunk]]:
     """``(job, chunk index, number of chunks, prepared chunk)`` for every chunk of ``jobs``, in order.
 
     ``workers`` threads prepare up to ``workers + 1`` chunks ahead of the chunk the consumer holds; 0 prepares each
-    chunk in the calling thread when it is asked for. ``timeline`` records each chunk's ``prepare`` stage.
+    chunk in the calling thread when it is asked for, its preprocessing shared by ``kernel_threads`` threads.
+    ``timeline`` records each chunk's ``prepare`` stage.
     """
     if not 0 <= workers <= MAX_PREP_WORKERS:
         raise ValueError(f"prep workers must be between 0 and {MAX_PREP_WORKERS}, got {workers}")
@@ -130,8 +134,9 @@ def prepared_chunks(jobs: Iterable[TileJob], config: ChunkConfig, chunk_size: in
     tasks = ((job, index, job.n_chunks(chunk_size)) for job in jobs for index in range(job.n_chunks(chunk_size)))
     try:
         if workers == 0:
-            for job, index, n_chunks in tasks:
-                yield job, index, n_chunks, _prepare(cache, job, index, config, chunk_size, timeline)
+            with KernelThreads(kernel_threads) as kernels:
+                for job, index, n_chunks in tasks:
+                    yield job, index, n_chunks, _prepare(cache, job, index, config, chunk_size, timeline, kernels)
             return
         with ThreadPoolExecutor(workers, thread_name_prefix="prepare") as pool:
             pending: deque[tuple[TileJob, int, int, Future[PreparedChunk]]] = deque()
@@ -161,11 +166,12 @@ def _columns(scorer: ChunkScorer, prepared: PreparedChunk, model: ModelOutputs, 
 
 
 def scored_chunks(jobs: Iterable[TileJob], scorer: ChunkScorer, config: ChunkConfig, chunk_size: int,
-                  workers: int = 1, timeline: Timeline | None = None) -> Iterator[ScoredChunk]:
+                  workers: int = 1, timeline: Timeline | None = None, kernel_threads: int = 1,
+                  ) -> Iterator[ScoredChunk]:
     """Every chunk of ``jobs`` scored by ``scorer``, in order: ``workers`` threads prepare, the calling thread runs
     the model, one more thread makes the catalogue rows (see the module docstring); ``workers=0`` runs each chunk's
-    stages one after another in the calling thread."""
-    chunks = prepared_chunks(jobs, config, chunk_size, workers, timeline)
+    stages one after another in the calling thread, preprocessing on ``kernel_threads`` threads."""
+    chunks = prepared_chunks(jobs, config, chunk_size, workers, timeline, kernel_threads)
     pending: deque[tuple[TileJob, int, int, PreparedChunk, Future[pa.Table]]] = deque()
     with ThreadPoolExecutor(1, thread_name_prefix="columns") as finisher:
         try:

@@ -61,7 +61,7 @@ from zoobot_pipeline.runtime.session import check_device, make_session
 from zoobot_pipeline.scoring.chunks import ChunkConfig, ChunkScorer, ScoredChunk, TileJob
 from zoobot_pipeline.scoring.local import MAX_PREP_WORKERS, Timeline, scored_chunks
 
-__all__ = ["ScoringError", "ScoringResult", "default_prep_workers", "plan_jobs", "score_release"]
+__all__ = ["ScoringError", "ScoringResult", "default_prep_workers", "kernel_threads", "plan_jobs", "score_release"]
 
 
 @dataclass
@@ -130,6 +130,17 @@ def default_prep_workers(device: str, cores: int | None = None) -> int:
     if device == "cpu":
         return 0
     return max(1, min(16, (cores or os.cpu_count() or 1) - 2))
+
+
+def kernel_threads(threads: int | None, prep_workers: int) -> int:
+    """Threads sharing each chunk's preprocessing in the in-process path: with no preparing threads the stages take
+    turns, so preprocessing gets what the model uses (``threads``, else every core this process may run on); with
+    preparing threads each prepares alone."""
+    if prep_workers:
+        return 1
+    if threads:
+        return threads
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _physical_memory() -> int | None:
@@ -327,7 +338,8 @@ def score_release(release_dir: str | Path, package_dir: str | Path, out_dir: str
             chunks = ray_chunks(jobs, package, config, chunk_size, scorer_options, ray_address=ray_address,
                                 workers=workers, gpus_per_worker=gpus_per_worker)
         else:
-            chunks = scored_chunks(jobs, scorer, config, chunk_size, prep_workers, timeline)
+            chunks = scored_chunks(jobs, scorer, config, chunk_size, prep_workers, timeline,
+                                   kernel_threads(threads, prep_workers))
         with progress_bar(progress, sum(job.sources.num_rows for job in jobs), "scoring", "galaxies") as advance:
             nodes: Counter = Counter()
             failures = _write_tiles(chunks, jobs, out_dir, metadata, advance, nodes)
