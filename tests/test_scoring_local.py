@@ -16,7 +16,15 @@ from test_scoring_support import make_package, make_release
 from zoobot_pipeline.data.release import Release
 from zoobot_pipeline.export import ModelPackage
 from zoobot_pipeline.scoring import chunks, local
-from zoobot_pipeline.scoring.chunks import ChunkConfig, ChunkScorer, KernelThreads, TileJob, open_tile, prepare_chunk
+from zoobot_pipeline.scoring.chunks import (
+    ChunkConfig,
+    ChunkScorer,
+    KernelThreads,
+    TileJob,
+    image_buffer,
+    open_tile,
+    prepare_chunk,
+)
 from zoobot_pipeline.scoring.local import Timeline, prepared_chunks, scored_chunks
 from zoobot_pipeline.scoring.pipeline import default_prep_workers, kernel_threads
 
@@ -91,6 +99,39 @@ def test_kernel_threads_share_each_batch_and_give_the_same_images(setup, monkeyp
     assert len({name for name, _ in calls}) == 3, "each part on its own thread"
     with pytest.raises(ValueError, match="kernel threads must be >= 1"):
         KernelThreads(0)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_image_blocks_are_reused_and_give_the_same_rows(setup, monkeypatch, workers):
+    jobs, scorer, config = setup
+    expected = _serial(jobs, scorer, config)
+    made = []
+
+    def counting_buffer(config_, chunk_size):
+        made.append(image_buffer(config_, chunk_size))
+        return made[-1]
+
+    monkeypatch.setattr(local, "image_buffer", counting_buffer)
+    got = list(scored_chunks(jobs, scorer, config, CHUNK, workers))
+    assert [c.table for c in got] == [table for *_, table in expected]
+    n_chunks = sum(j.n_chunks(CHUNK) for j in jobs)
+    assert n_chunks > workers + 2
+    assert 1 <= len(made) <= workers + 2, f"{len(made)} blocks for {n_chunks} chunks: one per chunk in flight"
+
+
+def test_prepare_into_a_buffer(setup):
+    jobs, _, config = setup
+    job = jobs[0]
+    tile, error = open_tile(job.tile_id, job.path, config.bands)
+    sources = job.chunk(0, 20)
+    alone = prepare_chunk(tile, error, sources, config)
+    buffer = image_buffer(config, 20)
+    into = prepare_chunk(tile, error, sources, config, buffer=buffer)
+    assert into.buffer is buffer and all(np.shares_memory(image, buffer) for image in into.images)
+    np.testing.assert_array_equal(np.stack(into.images), np.stack(alone.images))
+    with pytest.raises(ValueError, match="cannot hold 20 images"):
+        prepare_chunk(tile, error, sources, config, buffer=image_buffer(config, 19))
+    tile.close()
 
 
 def test_prepare_runs_ahead_of_the_model_and_tiles_are_closed(setup, monkeypatch):

@@ -27,7 +27,7 @@ from zoobot_pipeline.runtime.session import PackageSession, galaxy_seeds
 from zoobot_pipeline.scoring.columns import OutputColumns
 
 __all__ = ["ChunkConfig", "ChunkScorer", "KernelThreads", "ModelOutputs", "PreparedChunk", "ScoredChunk", "TileJob",
-           "failure_reason", "open_tile", "prepare_chunk"]
+           "failure_reason", "image_buffer", "open_tile", "prepare_chunk"]
 
 _ROW_FIELDS = [*BASE_FIELDS, *FLAG_FIELDS]
 CUT_BATCH = 32
@@ -84,12 +84,14 @@ class PreparedChunk:
 
     In-process the images stay a list and are stacked one model batch at a time: a whole chunk stacked at once is
     larger than the allocator reuses, and faulting in fresh pages for every chunk cost more than the cutting itself
-    (see ``benchmarks/README.md``).
+    (see ``benchmarks/README.md``). For the same reason the images may be views of ``buffer``, a block the caller
+    hands back for the next chunk once the model has run.
     """
 
     rows: pa.Table
     images: Sequence[np.ndarray]
     tile_error: str | None = None
+    buffer: np.ndarray | None = None
 
 
 class KernelThreads:
@@ -143,30 +145,37 @@ def open_tile(tile_id: str, path: str | Path, bands: Sequence[str]) -> tuple[Til
         return None, failure_reason(err)
 
 
-def _preprocess(batch: CutoutBatch, keep: np.ndarray, config: ChunkConfig, kernels: KernelThreads | None
-                ) -> np.ndarray:
-    """The preprocessed images of windows ``keep`` of ``batch``, ``(len(keep), C, S, S)``, split over ``kernels``."""
+def _preprocess(batch: CutoutBatch, keep: np.ndarray, config: ChunkConfig, kernels: KernelThreads | None,
+                block: np.ndarray) -> None:
+    """Preprocess windows ``keep`` of ``batch`` into ``block`` ``(len(keep), C, S, S)``, split over ``kernels``."""
     p = config.preprocessing
     if kernels is None or kernels.count == 1:
-        return preprocess_windows(batch.data, batch.offsets[keep], batch.sizes[keep], batch.n_bands, p, config.bands)
-    block = np.empty((len(keep), p.n_channels, p.input_size, p.input_size), np.float32)
+        preprocess_windows(batch.data, batch.offsets[keep], batch.sizes[keep], batch.n_bands, p, config.bands,
+                           out=block)
+        return
 
     def part(start: int, stop: int) -> None:
         preprocess_windows(batch.data, batch.offsets[keep[start:stop]], batch.sizes[keep[start:stop]], batch.n_bands,
                            p, config.bands, out=block[start:stop])
 
     kernels.run(len(keep), part)
-    return block
+
+
+def image_buffer(config: ChunkConfig, chunk_size: int) -> np.ndarray:
+    """A block for the images of a chunk of ``chunk_size`` sources (see :class:`PreparedChunk`)."""
+    p = config.preprocessing
+    return np.empty((chunk_size, p.n_channels, p.input_size, p.input_size), np.float32)
 
 
 def prepare_chunk(tile: Tile | None, tile_error: str | None, sources: pa.Table, config: ChunkConfig,
-                  kernels: KernelThreads | None = None) -> PreparedChunk:
+                  kernels: KernelThreads | None = None, buffer: np.ndarray | None = None) -> PreparedChunk:
     """Cut and preprocess ``sources`` (``id_str``, ``ra``, ``dec``, ``tile_id``, optional size column) from ``tile``;
     flag what cannot be scored. With ``tile_error`` (or a failure while cutting) every row is ``tile_failed``.
 
     Cutouts are cut and preprocessed :data:`CUT_BATCH` at a time, each batch in a few compiled calls that release the
     GIL (so preparing threads scale; ``kernels`` share each batch's preprocessing), and at most that many raw cutouts
-    are held at once. The images are the same whatever the threads.
+    are held at once. The images are the same whatever the threads. With ``buffer`` (:func:`image_buffer`, at least
+    as many images as ``sources`` has rows) the images are views of it, else of new arrays.
     """
     n = sources.num_rows
     edge: list[bool | None] = [None] * n
@@ -174,6 +183,9 @@ def prepare_chunk(tile: Tile | None, tile_error: str | None, sources: pa.Table, 
     flags: list[str | None] = [None] * n
     images: list[np.ndarray] = []
     p = config.preprocessing
+    if buffer is not None and (len(buffer) < n or buffer.shape[1:] != (p.n_channels, p.input_size, p.input_size)):
+        raise ValueError(f"an image buffer of shape {buffer.shape} cannot hold {n} images of "
+                         f"{(p.n_channels, p.input_size, p.input_size)}")
     for start in range(0, n if tile_error is None else 0, CUT_BATCH):
         assert tile is not None
         try:
@@ -187,8 +199,10 @@ def prepare_chunk(tile: Tile | None, tile_error: str | None, sources: pa.Table, 
             flags[start + g] = ("off_tile" if batch.off_tile[g]
                                 else f"nan_fraction {batch.nan_fraction[g]:.2f} >= {MAX_NAN_FRACTION}")
         keep = np.flatnonzero(~batch.rejected)
+        block = (np.empty((len(keep), p.n_channels, p.input_size, p.input_size), np.float32) if buffer is None
+                 else buffer[len(images) : len(images) + len(keep)])
         try:
-            block = _preprocess(batch, keep, config, kernels)
+            _preprocess(batch, keep, config, kernels, block)
         except ValueError as err:
             reason = f"preprocessing_failed: {failure_reason(err)}"
             for g in keep:
@@ -201,7 +215,7 @@ def prepare_chunk(tile: Tile | None, tile_error: str | None, sources: pa.Table, 
         [sources["id_str"], sources["ra"], sources["dec"], sources["tile_id"], pa.array(edge, pa.bool_()),
          pa.array(nan_fraction, pa.float32()), pa.array(flags, pa.string())],
         schema=pa.schema(_ROW_FIELDS))
-    return PreparedChunk(rows, images, tile_error)
+    return PreparedChunk(rows, images, tile_error, buffer)
 
 
 @dataclass(frozen=True)

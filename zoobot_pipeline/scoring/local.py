@@ -7,11 +7,12 @@
    numba kernels that release the GIL).
 
 At most ``workers + 1`` prepared chunks wait, and one chunk's outputs, so memory stays bounded whatever the size of
-the release. Each prepare worker keeps the tile it last read open (memory-mapped, with its own WCS objects: astropy's
-WCS is not shared between threads) and all are closed at the end. With ``workers=0`` every stage runs in the calling
-thread, one chunk after another, and each chunk's preprocessing is shared by ``kernel_threads`` threads (the
-model's cores are idle meanwhile). A :class:`Timeline` records when each stage ran (``benchmarks/scoring_throughput.py``
-prints it).
+the release; the chunks' image blocks are reused once the model has run (:class:`ImageBuffers`), so that preparing
+does not fault in fresh pages for every chunk. Each prepare worker keeps the tile it last read open (memory-mapped,
+with its own WCS objects: astropy's WCS is not shared between threads) and all are closed at the end. With
+``workers=0`` every stage runs in the calling thread, one chunk after another, and each chunk's preprocessing is shared
+by ``kernel_threads`` threads (the model's cores are idle meanwhile). A :class:`Timeline` records when each stage ran
+(``benchmarks/scoring_throughput.py`` prints it).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 
 from zoobot_pipeline.data.release import Tile
@@ -34,11 +36,12 @@ from zoobot_pipeline.scoring.chunks import (
     PreparedChunk,
     ScoredChunk,
     TileJob,
+    image_buffer,
     open_tile,
     prepare_chunk,
 )
 
-__all__ = ["MAX_PREP_WORKERS", "Stage", "Timeline", "prepared_chunks", "scored_chunks"]
+__all__ = ["MAX_PREP_WORKERS", "ImageBuffers", "Stage", "Timeline", "prepared_chunks", "scored_chunks"]
 
 MAX_PREP_WORKERS = 256
 
@@ -79,6 +82,29 @@ class Timeline:
                    for a in self.stages if a.name == first for start, end in spans)
 
 
+class ImageBuffers:
+    """Image blocks of chunks (:func:`~.chunks.image_buffer`), handed back once a chunk's images are no longer read
+    and reused for the next chunk; as many exist as chunks are in flight at once (thread-safe)."""
+
+    def __init__(self, config: ChunkConfig, chunk_size: int) -> None:
+        self.config, self.chunk_size = config, chunk_size
+        self.free: deque[np.ndarray] = deque()
+        self.made = 0
+
+    def take(self) -> np.ndarray:
+        """A free block, or a new one."""
+        try:
+            return self.free.pop()
+        except IndexError:
+            self.made += 1
+            return image_buffer(self.config, self.chunk_size)
+
+    def give(self, buffer: np.ndarray | None) -> None:
+        """Hand back a block whose images nothing reads any more."""
+        if buffer is not None:
+            self.free.append(buffer)
+
+
 class _TileCache:
     """Each thread's currently open tile; every tile opened is closed by :meth:`close`."""
 
@@ -110,23 +136,26 @@ class _TileCache:
 
 
 def _prepare(cache: _TileCache, job: TileJob, index: int, config: ChunkConfig, chunk_size: int,
-             timeline: Timeline | None, kernels: KernelThreads | None = None) -> PreparedChunk:
+             timeline: Timeline | None, kernels: KernelThreads | None = None,
+             buffers: ImageBuffers | None = None) -> PreparedChunk:
     start = time.perf_counter()
     tile, error = cache.get(job)
-    prepared = prepare_chunk(tile, error, job.chunk(index, chunk_size), config, kernels)
+    prepared = prepare_chunk(tile, error, job.chunk(index, chunk_size), config, kernels,
+                             None if buffers is None else buffers.take())
     if timeline is not None:
         timeline.add("prepare", start, len(prepared.images))
     return prepared
 
 
 def prepared_chunks(jobs: Iterable[TileJob], config: ChunkConfig, chunk_size: int, workers: int = 1,
-                    timeline: Timeline | None = None, kernel_threads: int = 1,
+                    timeline: Timeline | None = None, kernel_threads: int = 1, buffers: ImageBuffers | None = None,
                     ) -> Iterator[tuple[TileJob, int, int, PreparedChunk]]:
     """``(job, chunk index, number of chunks, prepared chunk)`` for every chunk of ``jobs``, in order.
 
     ``workers`` threads prepare up to ``workers + 1`` chunks ahead of the chunk the consumer holds; 0 prepares each
     chunk in the calling thread when it is asked for, its preprocessing shared by ``kernel_threads`` threads.
-    ``timeline`` records each chunk's ``prepare`` stage.
+    ``timeline`` records each chunk's ``prepare`` stage. With ``buffers`` the images are views of its blocks, which
+    the consumer hands back (:meth:`ImageBuffers.give`) when it no longer reads them.
     """
     if not 0 <= workers <= MAX_PREP_WORKERS:
         raise ValueError(f"prep workers must be between 0 and {MAX_PREP_WORKERS}, got {workers}")
@@ -136,14 +165,16 @@ def prepared_chunks(jobs: Iterable[TileJob], config: ChunkConfig, chunk_size: in
         if workers == 0:
             with KernelThreads(kernel_threads) as kernels:
                 for job, index, n_chunks in tasks:
-                    yield job, index, n_chunks, _prepare(cache, job, index, config, chunk_size, timeline, kernels)
+                    yield job, index, n_chunks, _prepare(cache, job, index, config, chunk_size, timeline, kernels,
+                                                         buffers)
             return
         with ThreadPoolExecutor(workers, thread_name_prefix="prepare") as pool:
             pending: deque[tuple[TileJob, int, int, Future[PreparedChunk]]] = deque()
             try:
                 for job, index, n_chunks in tasks:
                     pending.append((job, index, n_chunks,
-                                    pool.submit(_prepare, cache, job, index, config, chunk_size, timeline)))
+                                    pool.submit(_prepare, cache, job, index, config, chunk_size, timeline, None,
+                                                buffers)))
                     if len(pending) > workers:
                         job_, index_, n_, future = pending.popleft()
                         yield job_, index_, n_, future.result()
@@ -170,14 +201,17 @@ def scored_chunks(jobs: Iterable[TileJob], scorer: ChunkScorer, config: ChunkCon
                   ) -> Iterator[ScoredChunk]:
     """Every chunk of ``jobs`` scored by ``scorer``, in order: ``workers`` threads prepare, the calling thread runs
     the model, one more thread makes the catalogue rows (see the module docstring); ``workers=0`` runs each chunk's
-    stages one after another in the calling thread, preprocessing on ``kernel_threads`` threads."""
-    chunks = prepared_chunks(jobs, config, chunk_size, workers, timeline, kernel_threads)
+    stages one after another in the calling thread, preprocessing on ``kernel_threads`` threads. Image blocks are
+    reused from chunk to chunk."""
+    buffers = ImageBuffers(config, chunk_size)
+    chunks = prepared_chunks(jobs, config, chunk_size, workers, timeline, kernel_threads, buffers)
     pending: deque[tuple[TileJob, int, int, PreparedChunk, Future[pa.Table]]] = deque()
     with ThreadPoolExecutor(1, thread_name_prefix="columns") as finisher:
         try:
             for job, index, n_chunks, prepared in chunks:
                 start = time.perf_counter()
                 model = scorer.model_outputs(prepared)
+                buffers.give(prepared.buffer)  # the rows are made from the outputs, not the images
                 if timeline is not None:
                     timeline.add("model", start, len(model.ids))
                 if workers == 0:
