@@ -10,7 +10,8 @@ own start-up is excluded; then a run that starts Ray itself), ``--passes`` times
 run's wall time is ``fixed + n / rate``: the fixed cost (Ray: starting the read-task workers and the actor pool,
 imports, the onnxruntime session in the actor; in-process: the session and warm-up) and the per-galaxy rate come
 from the least-squares line through the sizes' median times. Prints the rates at each size, the Ray / in-process
-ratios (start-up excluded and included) and the per-galaxy ratio with the fixed costs.
+ratios (start-up excluded and included) and the per-galaxy ratio with the fixed costs, and each path's start-up as
+the chunks' arrivals at the writer show it (the first chunk's wait less the pace of the later ones).
 """
 
 from __future__ import annotations
@@ -25,15 +26,31 @@ import numpy as np
 import ray
 
 from zoobot_pipeline.data.synthetic.simulate import simulate_release
+from zoobot_pipeline.scoring.local import Timeline
 from zoobot_pipeline.scoring.pipeline import score_release
 
 PATHS = ("in-process", "ray (started before)")
 
 
-def _seconds(release: Path, package: Path, out: Path, use_ray: bool) -> float:
+def _seconds(release: Path, package: Path, out: Path, use_ray: bool,
+             start_ups: list[float] | None = None) -> float:
+    """Wall seconds of one scoring run; appends its start-up (:func:`_start_up`) to ``start_ups``."""
+    timeline = Timeline()
     start = time.perf_counter()
-    score_release(release, package, out, use_ray=use_ray, overwrite=True, progress=False, batch_size=8)
+    score_release(release, package, out, use_ray=use_ray, overwrite=True, progress=False, batch_size=8,
+                  timeline=timeline)
+    if start_ups is not None:
+        start_ups.append(_start_up(timeline))
     return time.perf_counter() - start
+
+
+def _start_up(timeline: Timeline) -> float:
+    """Seconds before the first chunk reached the writer, less what the later chunks took each (per galaxy, the
+    median): the run's start-up, as the chunks' own timings show it."""
+    arrivals = [s for s in timeline.stages if s.name == "arrived"]
+    first, rest = arrivals[0], arrivals[1:]
+    per_galaxy = statistics.median((s.end - s.start) / s.galaxies for s in rest if s.galaxies)
+    return (first.end - first.start) - per_galaxy * first.galaxies
 
 
 def main() -> None:
@@ -60,20 +77,23 @@ def main() -> None:
             if not (releases[n] / "release.json").is_file():
                 simulate_release(releases[n], n, max(1, round(n * args.tiles_per_1000 / 1000)), seed=n)
         times: dict[str, dict[int, list[float]]] = {path: {n: [] for n in releases} for path in PATHS}
+        start_ups: dict[str, list[float]] = {path: [] for path in PATHS}
         ray.init(include_dashboard=False, log_to_driver=False)
         try:
             for p in range(args.passes):
                 for n, release in releases.items():
                     order = PATHS if p % 2 == 0 else PATHS[::-1]
                     for path in order:
-                        seconds = _seconds(release, package, tmp / "catalogue", path != "in-process")
+                        seconds = _seconds(release, package, tmp / "catalogue", path != "in-process",
+                                           start_ups[path])
                         times[path][n].append(seconds)
                         print(f"pass {p + 1}, {n} galaxies, {path}: {seconds:.1f} s ({n / seconds:.1f}/s)",
                               flush=True)
         finally:
             ray.shutdown()
         smallest = min(releases)
-        included = _seconds(releases[smallest], package, tmp / "catalogue", True)
+        started_by_run: list[float] = []
+        included = _seconds(releases[smallest], package, tmp / "catalogue", True, started_by_run)
         print(f"{smallest} galaxies, ray started by the run: {included:.1f} s ({smallest / included:.1f}/s)")
 
     medians = {path: {n: statistics.median(values) for n, values in by_n.items()} for path, by_n in times.items()}
@@ -90,6 +110,10 @@ def main() -> None:
     for path, (slope, fixed) in fits.items():
         print(f"  {path:>22}: fixed {fixed:5.1f} s, rate {1 / slope:6.1f} galaxies/s")
     print(f"  per-galaxy rate, Ray Data / in-process: {fits['in-process'][0] / fits[PATHS[1]][0]:.3f}")
+    print("start-up from the chunks' arrivals (first chunk's wait less the later chunks' pace; median of the runs):")
+    for path in PATHS:
+        print(f"  {path:>24}: {statistics.median(start_ups[path]):5.1f} s")
+    print(f"  {'ray (started by the run)':>24}: {started_by_run[0]:5.1f} s")
 
 
 if __name__ == "__main__":

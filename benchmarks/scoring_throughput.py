@@ -209,10 +209,11 @@ def _torch_rate(checkpoint: Path, images: np.ndarray, batch: int, samples: int, 
 
 def _print_timeline(timeline: Timeline, width: int = 72) -> None:
     """Each thread's busy time as a bar over the run, then busy seconds and overlaps per stage."""
-    start = min(s.start for s in timeline.stages)
-    wall = max(s.end for s in timeline.stages) - start
+    stages = [s for s in timeline.stages if s.name != "arrived"]  # spans between the writer's receipts, not work
+    start = min(s.start for s in stages)
+    wall = max(s.end for s in stages) - start
     rows: dict[tuple[str, str], list[str]] = {}
-    for stage in sorted(timeline.stages, key=lambda s: (s.name != "prepare", s.name, s.thread)):
+    for stage in sorted(stages, key=lambda s: (s.name != "prepare", s.name, s.thread)):
         row = rows.setdefault((stage.name, stage.thread), [" "] * width)
         first = int((stage.start - start) / wall * width)
         last = max(first + 1, int((stage.end - start) / wall * width))

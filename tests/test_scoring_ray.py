@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -12,6 +13,7 @@ from ray.cluster_utils import Cluster
 from test_scoring_support import assert_same_catalogue, make_package, make_release, truncate_tile
 
 from zoobot_pipeline.catalogue import FAILURES_FILE, read_catalogue
+from zoobot_pipeline.scoring.local import Timeline
 from zoobot_pipeline.scoring.pipeline import ScoringError, score_release
 from zoobot_pipeline.scoring.ray_data import pool_size
 
@@ -43,12 +45,20 @@ def _check_same_as_local(out: Path, local: Path) -> None:
 def test_ray_data_path_equals_in_process(setup, no_auth, tmp_path):
     package, release, local = setup
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    timeline = Timeline()
     try:
-        result = score_release(release, package, tmp_path / "cat", chunk_size=CHUNK, use_ray=True, progress=False)
+        result = score_release(release, package, tmp_path / "cat", chunk_size=CHUNK, use_ray=True, progress=False,
+                               timeline=timeline)
     finally:
         ray.shutdown()
     assert result.executor == "ray" and result.tiles_scored == 4 and result.n_sources == 80
     _check_same_as_local(tmp_path / "cat", local)
+    arrivals = timeline.stages
+    per_tile = Counter(read_catalogue(tmp_path / "cat")["tile_id"].to_pylist()).values()
+    assert {s.name for s in arrivals} == {"arrived"}
+    assert len(arrivals) == sum(-(-n // CHUNK) for n in per_tile), "one arrival per chunk"
+    assert sum(s.galaxies for s in arrivals) == 80
+    assert all(a.end <= b.start for a, b in zip(arrivals, arrivals[1:], strict=False)), "in order, back to back"
 
 
 def test_two_node_cluster_equals_in_process(setup, no_auth, tmp_path):

@@ -143,6 +143,14 @@ def kernel_threads(threads: int | None, prep_workers: int) -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def _arrivals(chunks: Iterator[ScoredChunk], timeline: Timeline, start: float) -> Iterator[ScoredChunk]:
+    """``chunks`` as they come, each arrival recorded in ``timeline`` from the one before (the first from ``start``)."""
+    for chunk in chunks:
+        timeline.add("arrived", start, chunk.table.num_rows)
+        start = time.perf_counter()
+        yield chunk
+
+
 def _physical_memory() -> int | None:
     """Bytes of memory on this machine, or None where the OS does not say."""
     try:
@@ -286,8 +294,9 @@ def score_release(release_dir: str | Path, package_dir: str | Path, out_dir: str
     over ``gpus_per_worker``). ``threads`` sets onnxruntime's intra-op threads. In this process, ``prep_workers``
     threads cut and preprocess ahead of the model and one more makes the catalogue rows (:mod:`.local`; 0: every
     stage in turn in this thread; default :func:`default_prep_workers`), and ``timeline`` records when each stage
-    ran. See the module docstring for checks,
-    resuming and ``overwrite``.
+    ran, and on both paths when each scored chunk reached the writer (``arrived`` stages, each from the previous
+    arrival, the first from the start of the call: start-up shows as a first arrival later than the others' spacing).
+    See the module docstring for checks, resuming and ``overwrite``.
     """
     start = time.perf_counter()
     use_ray = use_ray or ray_address is not None
@@ -340,6 +349,8 @@ def score_release(release_dir: str | Path, package_dir: str | Path, out_dir: str
         else:
             chunks = scored_chunks(jobs, scorer, config, chunk_size, prep_workers, timeline,
                                    kernel_threads(threads, prep_workers))
+        if timeline is not None:
+            chunks = _arrivals(chunks, timeline, start)
         with progress_bar(progress, sum(job.sources.num_rows for job in jobs), "scoring", "galaxies") as advance:
             nodes: Counter = Counter()
             failures = _write_tiles(chunks, jobs, out_dir, metadata, advance, nodes)
