@@ -33,7 +33,7 @@ PATHS = ("in-process", "ray (started before)")
 
 
 def _seconds(release: Path, package: Path, out: Path, use_ray: bool,
-             start_ups: list[float] | None = None) -> float:
+             start_ups: list[tuple[float, float]] | None = None) -> float:
     """Wall seconds of one scoring run; appends its start-up (:func:`_start_up`) to ``start_ups``."""
     timeline = Timeline()
     start = time.perf_counter()
@@ -44,13 +44,13 @@ def _seconds(release: Path, package: Path, out: Path, use_ray: bool,
     return time.perf_counter() - start
 
 
-def _start_up(timeline: Timeline) -> float:
-    """Seconds before the first chunk reached the writer, less what the later chunks took each (per galaxy, the
-    median): the run's start-up, as the chunks' own timings show it."""
+def _start_up(timeline: Timeline) -> tuple[float, float]:
+    """``(start-up seconds, steady galaxies/s)`` from the chunks' arrivals at the writer: the seconds before the
+    first chunk arrived less what each later chunk took (per galaxy, their median), and that later pace."""
     arrivals = [s for s in timeline.stages if s.name == "arrived"]
     first, rest = arrivals[0], arrivals[1:]
     per_galaxy = statistics.median((s.end - s.start) / s.galaxies for s in rest if s.galaxies)
-    return (first.end - first.start) - per_galaxy * first.galaxies
+    return (first.end - first.start) - per_galaxy * first.galaxies, 1 / per_galaxy
 
 
 def main() -> None:
@@ -77,7 +77,7 @@ def main() -> None:
             if not (releases[n] / "release.json").is_file():
                 simulate_release(releases[n], n, max(1, round(n * args.tiles_per_1000 / 1000)), seed=n)
         times: dict[str, dict[int, list[float]]] = {path: {n: [] for n in releases} for path in PATHS}
-        start_ups: dict[str, list[float]] = {path: [] for path in PATHS}
+        start_ups: dict[str, list[tuple[float, float]]] = {path: [] for path in PATHS}
         ray.init(include_dashboard=False, log_to_driver=False)
         try:
             for p in range(args.passes):
@@ -92,7 +92,7 @@ def main() -> None:
         finally:
             ray.shutdown()
         smallest = min(releases)
-        started_by_run: list[float] = []
+        started_by_run: list[tuple[float, float]] = []
         included = _seconds(releases[smallest], package, tmp / "catalogue", True, started_by_run)
         print(f"{smallest} galaxies, ray started by the run: {included:.1f} s ({smallest / included:.1f}/s)")
 
@@ -110,10 +110,13 @@ def main() -> None:
     for path, (slope, fixed) in fits.items():
         print(f"  {path:>22}: fixed {fixed:5.1f} s, rate {1 / slope:6.1f} galaxies/s")
     print(f"  per-galaxy rate, Ray Data / in-process: {fits['in-process'][0] / fits[PATHS[1]][0]:.3f}")
-    print("start-up from the chunks' arrivals (first chunk's wait less the later chunks' pace; median of the runs):")
-    for path in PATHS:
-        print(f"  {path:>24}: {statistics.median(start_ups[path]):5.1f} s")
-    print(f"  {'ray (started by the run)':>24}: {started_by_run[0]:5.1f} s")
+    print("from the chunks' arrivals at the writer (medians of the runs): start-up = the first chunk's wait less the"
+          " later chunks' pace")
+    for path, values in [*start_ups.items(), ("ray (started by the run)", started_by_run)]:
+        print(f"  {path:>24}: start-up {statistics.median(v[0] for v in values):5.1f} s, later chunks "
+              f"{statistics.median(v[1] for v in values):5.1f} galaxies/s")
+    pace = {path: statistics.median(v[1] for v in values) for path, values in start_ups.items()}
+    print(f"  later chunks' pace, Ray Data / in-process: {pace[PATHS[1]] / pace['in-process']:.3f}")
 
 
 if __name__ == "__main__":
