@@ -96,7 +96,10 @@ def test_kernel_threads_share_each_batch_and_give_the_same_images(setup, monkeyp
     np.testing.assert_array_equal(np.stack(shared.images), np.stack(alone.images))
     parts = [size for _, size in calls]
     assert len(parts) == 3 and sum(parts) == n and max(parts) - min(parts) <= 1, "one batch split in three parts"
-    assert len({name for name, _ in calls}) == 3, "each part on its own thread"
+    names = [name for name, _ in calls]
+    assert names.count(threading.current_thread().name) == 1, "the caller runs one part"
+    assert all(name.startswith("kernel") for name in names if name != threading.current_thread().name), \
+        "the others run on the kernel threads (which of them is up to the pool)"
     with pytest.raises(ValueError, match="kernel threads must be >= 1"):
         KernelThreads(0)
 
