@@ -89,14 +89,12 @@ class ImageBuffers:
     def __init__(self, config: ChunkConfig, chunk_size: int) -> None:
         self.config, self.chunk_size = config, chunk_size
         self.free: deque[np.ndarray] = deque()
-        self.made = 0
 
     def take(self) -> np.ndarray:
         """A free block, or a new one."""
         try:
             return self.free.pop()
         except IndexError:
-            self.made += 1
             return image_buffer(self.config, self.chunk_size)
 
     def give(self, buffer: np.ndarray | None) -> None:
