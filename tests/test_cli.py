@@ -206,6 +206,26 @@ def test_python_dash_m_runs_the_command_line():
     assert done.stdout.startswith("zoobot-pipeline ")
 
 
+_FROZEN_AT_EXIT = """
+import atexit, gc, sys
+atexit.register(lambda: print("frozen at exit:", gc.get_freeze_count()))  # runs after the command's exit handlers
+from zoobot_pipeline.cli import run
+sys.argv = ["zoobot-pipeline", "--version"]
+run()
+"""
+
+
+def test_the_executable_freezes_the_heap_at_exit_and_is_the_installed_entry_point():
+    from importlib.metadata import entry_points
+
+    done = subprocess.run([sys.executable, "-c", _FROZEN_AT_EXIT], check=True, capture_output=True, text=True)
+    version, frozen = done.stdout.splitlines()
+    assert version.startswith("zoobot-pipeline ")
+    assert int(frozen.removeprefix("frozen at exit: ")) > 10_000  # the imports' objects, out of the final collections
+    (script,) = entry_points(group="console_scripts", name="zoobot-pipeline")
+    assert script.value == "zoobot_pipeline.cli:run"
+
+
 _BROKEN_PIPE = """
 import typer
 from zoobot_pipeline.cli._options import UserErrorsGroup

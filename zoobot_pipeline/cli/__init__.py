@@ -8,6 +8,8 @@ an unexpected exception 1 with its full traceback written to a file the line nam
 
 from __future__ import annotations
 
+import atexit
+import gc
 from typing import Annotated
 
 import typer
@@ -17,7 +19,7 @@ from zoobot_pipeline.cli import data, imports, queue, score, train
 from zoobot_pipeline.cli._options import UserErrorsGroup, console
 from zoobot_pipeline.cli.score import TILES_FAILED_EXIT
 
-__all__ = ["TILES_FAILED_EXIT", "app"]
+__all__ = ["TILES_FAILED_EXIT", "app", "run"]
 
 app = typer.Typer(help="Galaxy Zoo morphology at survey scale: simulate, train, score, rank.", no_args_is_help=True,
                   pretty_exceptions_enable=False, cls=UserErrorsGroup)
@@ -38,3 +40,15 @@ def main(
     ] = False,
 ) -> None:
     """Galaxy Zoo morphology at survey scale."""
+
+
+def run() -> None:
+    """The ``zoobot-pipeline`` executable: :data:`app`, with a cheaper interpreter exit.
+
+    Registered before the command runs, so called after every exit handler the command registers (Ray's shutdown
+    among them): :func:`gc.freeze` spares the interpreter's final collections a walk over every object the imports
+    made (numba's registries, astropy's units, pandas: ~0.3 s per command). Those objects are freed with the process;
+    what a command writes is closed before it returns (outputs are renamed into place whole).
+    """
+    atexit.register(gc.freeze)
+    app(prog_name="zoobot-pipeline")

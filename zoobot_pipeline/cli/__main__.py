@@ -1,5 +1,5 @@
 """``python -m zoobot_pipeline.cli``: the ``zoobot-pipeline`` command."""
 
-from zoobot_pipeline.cli import app
+from zoobot_pipeline.cli import run
 
-app(prog_name="zoobot-pipeline")
+run()
