@@ -122,7 +122,7 @@ def test_image_blocks_are_reused_and_give_the_same_rows(setup, monkeypatch, work
     assert 0 < len(made) <= workers + 2, f"{len(made)} blocks for {n_chunks} chunks: one per chunk in flight"
 
 
-def test_prepare_into_a_buffer(setup):
+def test_prepare_into_a_buffer_and_the_model_reads_it_in_place(setup):
     jobs, _, config = setup
     job = jobs[0]
     tile, error = open_tile(job.tile_id, job.path, config.bands)
@@ -130,11 +130,19 @@ def test_prepare_into_a_buffer(setup):
     alone = prepare_chunk(tile, error, sources, config)
     buffer = image_buffer(config, 20)
     into = prepare_chunk(tile, error, sources, config, buffer=buffer)
-    assert into.buffer is buffer and all(np.shares_memory(image, buffer) for image in into.images)
-    np.testing.assert_array_equal(np.stack(into.images), np.stack(alone.images))
+    n = len(alone.images)
+    assert into.buffer is buffer and isinstance(into.images, np.ndarray) and len(into.images) == n
+    assert into.images.ctypes.data == buffer.ctypes.data, "the images are the block's first rows"
+    np.testing.assert_array_equal(into.images, np.stack(alone.images))
     with pytest.raises(ValueError, match="cannot hold 20 images"):
         prepare_chunk(tile, error, sources, config, buffer=image_buffer(config, 19))
     tile.close()
+    scorer = ChunkScorer(setup[1].session.package, batch_size=3)  # a fresh one: no stacking buffer yet
+    ids = [f"g{i}" for i in range(n)]
+    in_place = scorer.predict(into.images, ids)
+    assert scorer._buffer is None, "an array's batches are not stacked"
+    np.testing.assert_array_equal(in_place, scorer.predict(list(alone.images), ids))
+    assert scorer._buffer is not None
 
 
 def test_prepare_runs_ahead_of_the_model_and_tiles_are_closed(setup, monkeypatch):

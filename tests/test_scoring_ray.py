@@ -6,6 +6,8 @@ import os
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
@@ -13,9 +15,12 @@ from ray.cluster_utils import Cluster
 from test_scoring_support import assert_same_catalogue, make_package, make_release, truncate_tile
 
 from zoobot_pipeline.catalogue import FAILURES_FILE, read_catalogue
+from zoobot_pipeline.data.release import Release, TileRows
+from zoobot_pipeline.export import ModelPackage
+from zoobot_pipeline.scoring.chunks import ChunkConfig, open_tile, prepare_chunk
 from zoobot_pipeline.scoring.local import Timeline
-from zoobot_pipeline.scoring.pipeline import ScoringError, score_release
-from zoobot_pipeline.scoring.ray_data import pool_size
+from zoobot_pipeline.scoring.pipeline import ScoringError, plan_jobs, score_release
+from zoobot_pipeline.scoring.ray_data import _chunks, _read, chunk_items, pool_size
 
 CHUNK = 8  # several chunks per tile, assembled on the driver
 
@@ -59,6 +64,37 @@ def test_ray_data_path_equals_in_process(setup, no_auth, tmp_path):
     assert len(arrivals) == sum(-(-n // CHUNK) for n in per_tile), "one arrival per chunk"
     assert sum(s.galaxies for s in arrivals) == 80
     assert all(a.end <= b.start for a, b in zip(arrivals, arrivals[1:], strict=False)), "in order, back to back"
+
+
+def test_a_read_batch_ships_its_chunks_images_in_one_block_read_in_place(setup):
+    """Several chunks per read call (flagged galaxies, a failed tile among them): one images buffer holding every
+    chunk's images back to back, and each chunk as the actor reads it equals the chunk prepared on its own."""
+    package_dir, release_dir, _ = setup
+    package, release = ModelPackage.open(package_dir), Release.open(release_dir)
+    config = ChunkConfig(release.bands, release.info.pixel_scale_arcsec, package.preprocessing)
+    jobs, _ = plan_jobs(release, ["id_str", "ra", "dec", "tile_id"], {}, in_memory=False)
+    items = list(chunk_items(jobs, CHUNK))
+    shipped = _read(pa.Table.from_pylist(items), config)
+    expected_images, n_flagged = [], 0
+    for (row, chunk), item in zip(_chunks(shipped), items, strict=True):
+        tile, error = open_tile(item["tile_id"], item["path"], config.bands)
+        alone = prepare_chunk(tile, error, TileRows.from_json(item["rows"]).slice(item["offset"], item["length"]),
+                              config)
+        if tile is not None:
+            tile.close()
+        assert (row["tile_id"], row["chunk"]) == (item["tile_id"], item["chunk"])
+        assert chunk.rows.equals(alone.rows) and chunk.tile_error == alone.tile_error
+        assert chunk.images.shape == (len(alone.images), *package.input_shape)
+        if len(alone.images):
+            np.testing.assert_array_equal(chunk.images, np.stack(alone.images))
+            expected_images.append(chunk.images)
+        n_flagged += alone.rows["flag"].null_count < alone.rows.num_rows
+    assert n_flagged > 1 and any(row["tile_error"] for row in shipped.drop_columns(["images"]).to_pylist())
+    column = shipped.column("images")
+    assert column.num_chunks == 1
+    data = column.chunk(0).buffers()[2]
+    assert data.size == sum(images.nbytes for images in expected_images), "every chunk's images, back to back"
+    assert all(np.shares_memory(images, np.frombuffer(data, np.uint8)) for images in expected_images), "in place"
 
 
 def test_two_node_cluster_equals_in_process(setup, no_auth, tmp_path):

@@ -79,17 +79,17 @@ class ScoredChunk:
 @dataclass
 class PreparedChunk:
     """A chunk ready for the model: ``rows`` (id, position, tile, flags; null ``flag`` = to score) and ``images``,
-    one ``(C, H, W)`` image per unflagged row in row order (a list, or an array stacked for transport);
-    ``tile_error`` when the tile could not be read.
+    one ``(C, H, W)`` image per unflagged row in row order (a list of arrays, or one array); ``tile_error`` when the
+    tile could not be read.
 
-    In-process the images stay a list and are stacked one model batch at a time: a whole chunk stacked at once is
-    larger than the allocator reuses, and faulting in fresh pages for every chunk cost more than the cutting itself
-    (see ``benchmarks/README.md``). For the same reason the images may be views of ``buffer``, a block the caller
-    hands back for the next chunk once the model has run.
+    A list is stacked one model batch at a time; an array's batches are read in place. Stacking a whole chunk into
+    fresh memory cost more than the cutting itself (faulting in new pages for every chunk, see
+    ``benchmarks/README.md``), so the images are usually the first rows of ``buffer``, a block the caller hands back
+    for the next chunk once the model has run (or, on Ray, a block shipped to the actor as it is).
     """
 
     rows: pa.Table
-    images: Sequence[np.ndarray]
+    images: Sequence[np.ndarray] | np.ndarray
     tile_error: str | None = None
     buffer: np.ndarray | None = None
 
@@ -175,7 +175,8 @@ def prepare_chunk(tile: Tile | None, tile_error: str | None, sources: pa.Table, 
     Cutouts are cut and preprocessed :data:`CUT_BATCH` at a time, each batch in a few compiled calls that release the
     GIL (so preparing threads scale; ``kernels`` share each batch's preprocessing), and at most that many raw cutouts
     are held at once. The images are the same whatever the threads. With ``buffer`` (:func:`image_buffer`, at least
-    as many images as ``sources`` has rows) the images are views of it, else of new arrays.
+    as many images as ``sources`` has rows) the images are ``buffer[:len(images)]``, an array, else a list of views of
+    new arrays.
     """
     n = sources.num_rows
     edge: list[bool | None] = [None] * n
@@ -215,7 +216,8 @@ def prepare_chunk(tile: Tile | None, tile_error: str | None, sources: pa.Table, 
         [sources["id_str"], sources["ra"], sources["dec"], sources["tile_id"], pa.array(edge, pa.bool_()),
          pa.array(nan_fraction, pa.float32()), pa.array(flags, pa.string())],
         schema=pa.schema(_ROW_FIELDS))
-    return PreparedChunk(rows, images, tile_error, buffer)
+    # with a buffer, the same views as one array: the model reads its batches from it in place
+    return PreparedChunk(rows, images if buffer is None else buffer[: len(images)], tile_error, buffer)
 
 
 @dataclass(frozen=True)
@@ -252,9 +254,9 @@ class ChunkScorer:
         self.seed = seed
         self._buffer: np.ndarray | None = None
 
-    def predict(self, images: Sequence[np.ndarray], ids: list[str]) -> np.ndarray:
-        """Model outputs ``(n, S, n_outputs)`` for ``(C, H, W)`` images, in batches of ``batch_size`` (stacked into
-        one reused buffer)."""
+    def predict(self, images: Sequence[np.ndarray] | np.ndarray, ids: list[str]) -> np.ndarray:
+        """Model outputs ``(n, S, n_outputs)`` for ``(C, H, W)`` images, in batches of ``batch_size`` (slices of an
+        array, or a list's images stacked into one reused buffer)."""
         outputs = []
         for i in range(0, len(images), self.batch_size):
             batch = images[i : i + self.batch_size]

@@ -7,7 +7,9 @@ one chunk per call: reads the chunk's sources, cuts and preprocesses) ->
 ``map_batches`` of :class:`_Scorer` (an actor pool, ``ActorPoolStrategy(size=n)``, one
 :class:`~.chunks.ChunkScorer` per actor) -> rows holding each chunk's catalogue rows as Arrow IPC bytes, iterated on
 the driver in input order (``preserve_order``), so that the driver holds one tile's rows at a time and writes each
-tile as soon as its last chunk arrives. Arrays travel as Arrow IPC or raw float32 bytes, never pickled.
+tile as soon as its last chunk arrives. Arrays travel as Arrow IPC or raw float32 bytes, never pickled; a read
+task prepares its chunks' images into one block that becomes the Arrow binary column as it is, and the actor reads
+each chunk's images from the Arrow buffer in place (no copy on either side beyond Ray's own into its object store).
 
 Streaming: the descriptors are made lazily from the plan and run as a sequence of datasets of at most
 :data:`CHUNKS_PER_DATASET` chunks each (one after the other, results in order), so that the driver holds at most that
@@ -41,6 +43,7 @@ from zoobot_pipeline.scoring.chunks import (
     PreparedChunk,
     ScoredChunk,
     TileJob,
+    image_buffer,
     open_tile,
     prepare_chunk,
 )
@@ -51,9 +54,9 @@ ACTOR_CPUS = 0.5
 DEFAULT_ACTOR_THREADS = 2
 CHUNKS_PER_DATASET = 4096  # 10^6 galaxies at the default chunk size; descriptors held by the driver at once
 
-_PREPARED = pa.schema([("tile_id", pa.string()), ("chunk", pa.int64()), ("n_chunks", pa.int64()),
-                       ("rows", pa.large_binary()), ("images", pa.large_binary()), ("shape", pa.list_(pa.int64())),
-                       ("tile_error", pa.string())])
+_DESCRIBED = pa.schema([("tile_id", pa.string()), ("chunk", pa.int64()), ("n_chunks", pa.int64()),
+                        ("rows", pa.large_binary()), ("shape", pa.list_(pa.int64())), ("tile_error", pa.string())])
+_IMAGES = pa.field("images", pa.large_binary())
 _SCORED = pa.schema([("tile_id", pa.string()), ("chunk", pa.int64()), ("n_chunks", pa.int64()),
                      ("table", pa.large_binary()), ("tile_error", pa.string()), ("node", pa.string())])
 
@@ -69,24 +72,53 @@ def _from_ipc(data: bytes) -> pa.Table:
     return pa.ipc.open_stream(data).read_all()
 
 
+def _binary_parts(data: np.ndarray, sizes: list[int]) -> pa.LargeBinaryArray:
+    """The bytes of C-contiguous ``data`` as consecutive binary values of ``sizes`` bytes each, without a copy."""
+    offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
+    if offsets[-1] != data.nbytes:
+        raise ValueError(f"parts of {offsets[-1]} bytes in all do not cover an array of {data.nbytes} bytes")
+    return pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(sizes),
+                                            [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
 def _read(batch: pa.Table, config: ChunkConfig) -> pa.Table:
-    """Ray Data task: cut and preprocess each chunk of ``batch`` (one row per chunk)."""
-    out = []
-    for row in batch.to_pylist():
-        sources = TileRows.from_json(row["rows"]).slice(row["offset"], row["length"])
-        tile, error = open_tile(row["tile_id"], row["path"], config.bands)
+    """Ray Data task: cut and preprocess each chunk of ``batch`` (one row per chunk). The chunks' images go into one
+    block, each chunk's after the last one's, and leave as the ``images`` column without being copied."""
+    descriptors = batch.to_pylist()
+    sources = [TileRows.from_json(d["rows"]).slice(d["offset"], d["length"]) for d in descriptors]
+    block = image_buffer(config, sum(chunk.num_rows for chunk in sources))
+    out, kept = [], 0
+    for descriptor, chunk_sources in zip(descriptors, sources, strict=True):
+        tile, error = open_tile(descriptor["tile_id"], descriptor["path"], config.bands)
         try:
-            prepared = prepare_chunk(tile, error, sources, config)
+            prepared = prepare_chunk(tile, error, chunk_sources, config, buffer=block[kept:])
         finally:
             if tile is not None:
                 tile.close()
-        p = config.preprocessing
-        images = (np.stack(prepared.images) if len(prepared.images)
-                  else np.zeros((0, p.n_channels, p.input_size, p.input_size), np.float32))
-        out.append({"tile_id": row["tile_id"], "chunk": row["chunk"], "n_chunks": row["n_chunks"],
-                    "rows": _to_ipc(prepared.rows), "images": images.tobytes(), "shape": list(images.shape),
-                    "tile_error": prepared.tile_error})
-    return pa.Table.from_pylist(out, schema=_PREPARED)
+        out.append({"tile_id": descriptor["tile_id"], "chunk": descriptor["chunk"],
+                    "n_chunks": descriptor["n_chunks"], "rows": _to_ipc(prepared.rows),
+                    "shape": [len(prepared.images), *block.shape[1:]], "tile_error": prepared.tile_error})
+        kept += len(prepared.images)
+    image_bytes = block[0].nbytes if len(block) else 0
+    images = _binary_parts(block[:kept], [row["shape"][0] * image_bytes for row in out])
+    return pa.Table.from_pylist(out, schema=_DESCRIBED).append_column(_IMAGES, images)
+
+
+def _binary_values(column: pa.ChunkedArray) -> Iterator[pa.Buffer]:
+    """Each value of a ``large_binary`` column, as a view of the column's data (a scalar's ``as_buffer`` copies)."""
+    for array in column.chunks:
+        _, offsets, data = array.buffers()
+        bounds = np.frombuffer(offsets, np.int64)[array.offset : array.offset + len(array) + 1]
+        for start, stop in itertools.pairwise(bounds.tolist()):
+            yield data.slice(start, stop - start) if data is not None else pa.py_buffer(b"")
+
+
+def _chunks(batch: pa.Table) -> Iterator[tuple[dict[str, Any], PreparedChunk]]:
+    """Each row of a batch :func:`_read` made, as its fields and its chunk, the images read in place."""
+    rows = batch.drop_columns([_IMAGES.name]).to_pylist()
+    for row, images in zip(rows, _binary_values(batch.column(_IMAGES.name)), strict=True):
+        chunk_images = np.frombuffer(images, dtype=np.float32).reshape(row["shape"])
+        yield row, PreparedChunk(_from_ipc(row["rows"]), chunk_images, row["tile_error"])
 
 
 class _Scorer:
@@ -102,9 +134,8 @@ class _Scorer:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out = []
-        for row in batch.to_pylist():
-            images = np.frombuffer(row["images"], dtype=np.float32).reshape(row["shape"])
-            table = self.scorer.score(PreparedChunk(_from_ipc(row["rows"]), images, row["tile_error"]))
+        for row, chunk in _chunks(batch):
+            table = self.scorer.score(chunk)
             out.append({"tile_id": row["tile_id"], "chunk": row["chunk"], "n_chunks": row["n_chunks"],
                         "table": _to_ipc(table), "tile_error": row["tile_error"], "node": self.node})
         return pa.Table.from_pylist(out, schema=_SCORED)
