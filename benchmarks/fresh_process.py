@@ -76,6 +76,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.runs < 1:
         parser.error(f"--runs must be at least 1, got {args.runs}")
+    for path, needed in ((args.release, "release.json"), (args.model, "model.json")):
+        if not (path / needed).is_file():
+            parser.error(f"{path}: no {needed} here")
     runs = []
     for i in range(args.runs):
         runs.append(_one_run(args))
